@@ -1,0 +1,197 @@
+"""Config helpers shared by every `configs/<dataset>.py`.
+
+Owns: parsing the config-file argument (`key=value,...`), the default
+experiment config (every field the trainer reads, with its meaning), the
+`runlocal` shrink, and validation of a finished config. Dataset config files
+only change what differs (dataset, model size, schedule).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+# Fields that may differ between two invocations on the same workdir without
+# making it a different experiment (logging cadence, evaluation batch size).
+VOLATILE_FIELDS = ("log_every", "checkpoint_every", "eval_batch_size", "progress_every_secs")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `a=1,b=x,flag` (the part after `:` in `--config=file.py:arg`).
+
+  Args:
+    arg: the argument string, may be None or empty.
+    **defaults: every accepted key with its default; the type of the default
+      decides how a value is parsed (bool keys may be given bare, as `runlocal`).
+
+  Returns:
+    A ConfigDict with one field per default.
+
+  Raises:
+    ValueError: an unknown key, or a value that does not parse as the default's
+      type.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return result
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(
+          f"config argument {arg!r}: unknown key {key!r}; valid keys: "
+          f"{', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if not sep:
+        parsed = True
+      elif value.lower() in ("1", "true", "yes"):
+        parsed = True
+      elif value.lower() in ("0", "false", "no"):
+        parsed = False
+      else:
+        raise ValueError(f"config argument {key}={value!r}: expected a boolean")
+    elif isinstance(default, int):
+      try:
+        parsed = int(value)
+      except ValueError:
+        raise ValueError(f"config argument {key}={value!r}: expected an integer") from None
+    else:
+      parsed = value
+    result[key] = parsed
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The complete default experiment config; dataset files override parts."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "shapes"
+  c.dataset.builder_config = "default"
+  c.dataset.data_dir = ""  # "" -> $INCSEG_DATA_DIR or ~/tensorflow_datasets.
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "val"
+
+  # Task plan (see incseg_jax/tasks.py).
+  c.task = "15-1"
+  c.setting = "overlapped"
+  c.labeling = ""  # only for setting=sequential: keep | background ("" = keep).
+  c.class_order = "dataset"  # dataset | frequency | random | "3,1,2,..."
+  c.order_seed = 0
+
+  # Method: chosen in the config argument; it fills `losses` with its terms.
+  c.method = "ft"
+  c.losses = ml_collections.ConfigDict()  # term name -> weight.
+  c.loss_options = ml_collections.ConfigDict()  # term name -> {option: value}.
+  c.quirks = ml_collections.ConfigDict()  # named reference-code bugs, off.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "resnet101"
+  c.model.decoder = "deeplab_v3"
+  c.model.output_stride = 16
+  c.model.aspp_channels = 256
+  c.model.atrous_rates = ml_collections.config_dict.placeholder(tuple)
+  c.model.small_width = 16
+  c.model.small_blocks = (1, 1, 1, 1)
+  c.model.bn_frozen = False
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 24  # global, split over devices / hosts.
+  c.input.crop_size = 512
+  c.input.scale_min = 0.5
+  c.input.scale_max = 2.0
+  c.input.flip = True
+  c.input.mean = (0.485, 0.456, 0.406)  # ImageNet statistics, RGB in [0, 1].
+  c.input.std = (0.229, 0.224, 0.225)
+  c.eval_batch_size = 24
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 1e-4
+
+  # Polynomial decay per task step: lr(t) = end + (start - end)(1 - t/T)^power.
+  # unit: "epochs" (T = length * ceil(images / batch)), "steps" (T = length),
+  # or "steps_per_class" (T = length * new classes; the first paper's |U_k|*1000).
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.unit = "epochs"
+  c.schedule.base_length = 30
+  c.schedule.inc_length = 30
+  c.schedule.base_lr = 1e-2
+  c.schedule.inc_lr = 1e-3
+  c.schedule.end_lr = 0.0
+  c.schedule.power = 0.9
+
+  c.init_from = ""  # another run's workdir: reuse its step-0 model.
+  c.log_every = 50
+  c.checkpoint_every = 500  # train steps between periodic checkpoints.
+  c.progress_every_secs = 30.0
+  return c
+
+
+def apply_runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config in place to a seconds-long smoke run on a CPU."""
+  if c.dataset.name == "shapes":
+    c.dataset.builder_config = "tiny"
+  c.model.backbone = "resnet_small"
+  c.model.small_width = 8
+  c.model.small_blocks = (1, 1, 1, 1)
+  c.model.output_stride = 8
+  c.model.aspp_channels = 16
+  c.model.atrous_rates = (1, 2, 3) if c.model.decoder == "deeplab_v3" else (1, 2, 3, 4)
+  c.input.batch_size = 4
+  c.input.crop_size = min(c.input.crop_size, 64)
+  c.eval_batch_size = 8
+  c.schedule.unit = "steps"
+  c.schedule.base_length = 3
+  c.schedule.inc_length = 2
+  c.log_every = 1
+  c.checkpoint_every = 2
+
+
+def to_json(c: ml_collections.ConfigDict) -> str:
+  """Stable JSON text of a config (sorted keys), used to compare experiments."""
+  return json.dumps(json.loads(c.to_json_best_effort()), sort_keys=True, indent=1)
+
+
+def experiment_fields(c: ml_collections.ConfigDict) -> dict:
+  """The config as a dict without the fields that do not change the result."""
+  d = json.loads(c.to_json_best_effort())
+  for key in VOLATILE_FIELDS:
+    d.pop(key, None)
+  return d
+
+
+def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+  """Lists the dotted paths where two nested config dicts differ."""
+  out = []
+  for key in sorted(set(a) | set(b)):
+    path = f"{prefix}{key}"
+    if key not in a or key not in b:
+      out.append(f"{path}: {a.get(key, '<absent>')!r} vs {b.get(key, '<absent>')!r}")
+    elif isinstance(a[key], dict) and isinstance(b[key], dict):
+      out.extend(diff(a[key], b[key], path + "."))
+    elif a[key] != b[key]:
+      out.append(f"{path}: {a[key]!r} vs {b[key]!r}")
+  return out
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Rebuilds a config saved with `to_json` (lists come back as tuples)."""
+
+  def fix(x):
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(fix(v) for v in x)
+    return x
+
+  return ml_collections.ConfigDict(fix(json.loads(text)))
+

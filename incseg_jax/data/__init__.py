@@ -1,0 +1,1 @@
+"""Datasets, task splitting and input pipelines for incseg_jax."""

@@ -1,0 +1,242 @@
+"""tf.data input pipelines for one task step.
+
+A split is read once into host memory *encoded* (PNG/JPEG bytes plus the stored
+per-image class list), so task filtering never decodes a mask. Training order
+and augmentation are pure functions of (seed, task step, sample position):
+sample position p of task step k is example `perm(seed, k, p // n)[p % n]`,
+augmented with a stateless key derived from (seed, k, p). Resuming at train
+step s is therefore just starting at position s * batch_size, and a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass
+class EncodedSplit:
+  """A dataset split held encoded in host memory.
+
+  Attributes:
+    images: object array of encoded image bytes.
+    labels: object array of encoded mask bytes.
+    classes: per example, the stored array of foreground class ids present.
+    pixel_counts: (N, num_classes) int64 pixel count per class id, or None.
+    ids: example ids.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  classes: list[np.ndarray]
+  pixel_counts: np.ndarray | None
+  ids: list[str]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+def load_split(builder, split: str) -> EncodedSplit:
+  """Reads a split without decoding images or masks."""
+  if split not in builder.info.splits:
+    raise ValueError(f"split {split!r} not in dataset {builder.info.name} "
+                     f"(has: {', '.join(builder.info.splits)})")
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()})
+  images, labels, classes, counts, ids = [], [], [], [], []
+  for ex in tfds.as_numpy(ds):
+    images.append(ex["image"])
+    labels.append(ex["label"])
+    classes.append(np.asarray(ex["classes"], np.int64))
+    if "pixel_counts" in ex:
+      counts.append(ex["pixel_counts"])
+    ids.append(ex["id"].decode() if isinstance(ex.get("id"), bytes) else str(ex.get("id", len(ids))))
+  if not images:
+    raise ValueError(f"split {split!r} of dataset {builder.info.name} is empty")
+  # Sort by id so that order never depends on the file layout of the build.
+  order = np.argsort(np.asarray(ids), kind="stable")
+  return EncodedSplit(images=np.asarray(images, dtype=object)[order], labels=np.asarray(labels, dtype=object)[order],
+                      classes=[classes[i] for i in order],
+                      pixel_counts=np.stack(counts)[order] if counts else None, ids=[ids[i] for i in order])
+
+
+def sample_sequence(indices: np.ndarray, *, seed: int, task_index: int, start: int, stop: int) -> np.ndarray:
+  """Example indices for sample positions [start, stop) of a task step.
+
+  Epoch e visits `indices` in the order of a permutation seeded by
+  (seed, task_index, e); nothing depends on how many positions were drawn
+  before, which is what makes resuming exact.
+  """
+  n = len(indices)
+  if n == 0:
+    raise ValueError(f"task step {task_index} has no training images")
+  out = np.empty(stop - start, np.int64)
+  pos = start
+  while pos < stop:
+    epoch, offset = divmod(pos, n)
+    perm = np.random.default_rng([seed, task_index, epoch]).permutation(indices)
+    take = min(n - offset, stop - pos)
+    out[pos - start:pos - start + take] = perm[offset:offset + take]
+    pos += take
+  return out
+
+
+def _decode(image_bytes, label_bytes):
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  label = tf.io.decode_png(label_bytes, channels=1)
+  return image, label
+
+
+def _normalise(image, mean, std):
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: float, flip: bool,
+            ignore_label: int):
+  """Random scale, pad, crop and flip of an image and its mask, together.
+
+  The image is resized bilinearly and the mask with nearest neighbour so no
+  label value is invented; padding uses 0 for the (un-normalised) image and the
+  ignore label for the mask, so padded pixels never count in the loss.
+
+  Args:
+    image: (H, W, 3) uint8.
+    label: (H, W, 1) uint8 (already remapped).
+    key: a stateless-random seed tensor of shape (2,), int32/int64.
+    crop_size: output side.
+    scale_min: smallest random scale factor.
+    scale_max: largest random scale factor.
+    flip: random horizontal flip.
+    ignore_label: fill value for padded mask pixels.
+
+  Returns:
+    (image float32 (crop, crop, 3) in [0, 255], label uint8 (crop, crop)).
+  """
+  keys = tf.random.experimental.stateless_split(key, 4)
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.random.stateless_uniform([], keys[0], scale_min, scale_max)
+  size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
+  image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+  label = tf.image.resize(label, size, method="nearest")
+  h, w = size[0], size[1]
+  ph, pw = tf.maximum(crop_size - h, 0), tf.maximum(crop_size - w, 0)
+  image = tf.pad(image, [[0, ph], [0, pw], [0, 0]])
+  label = tf.pad(label, [[0, ph], [0, pw], [0, 0]], constant_values=ignore_label)
+  h, w = h + ph, w + pw
+  oy = tf.random.stateless_uniform([], keys[1], 0, h - crop_size + 1, dtype=tf.int32)
+  ox = tf.random.stateless_uniform([], keys[2], 0, w - crop_size + 1, dtype=tf.int32)
+  image = image[oy:oy + crop_size, ox:ox + crop_size]
+  label = label[oy:oy + crop_size, ox:ox + crop_size]
+  if flip:
+    do_flip = tf.random.stateless_uniform([], keys[3]) < 0.5
+    image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
+    label = tf.cond(do_flip, lambda: tf.reverse(label, [1]), lambda: label)
+  image = tf.ensure_shape(image, [crop_size, crop_size, 3])
+  label = tf.ensure_shape(label, [crop_size, crop_size, 1])
+  return image, label[..., 0]
+
+
+def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, input_cfg, *, seed: int,
+                  task_index: int, start_step: int, num_steps: int, ignore_label: int) -> Iterator[dict]:
+  """Yields this host's training batches for train steps [start_step, num_steps).
+
+  Args:
+    split: the encoded training split.
+    indices: example indices of this task step (after filtering).
+    lut: (256,) uint8 label lookup table of the step (original -> target).
+    input_cfg: `config.input`.
+    seed: experiment seed.
+    task_index: task step (folds into order and augmentation).
+    start_step: first train step to produce (resume point).
+    num_steps: total train steps of the task step.
+    ignore_label: void label.
+
+  Yields:
+    {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}.
+  """
+  gbs = input_cfg.batch_size
+  lbs = gbs // jax.process_count()
+  positions = np.arange(start_step * gbs, num_steps * gbs, dtype=np.int64)
+  seq = sample_sequence(indices, seed=seed, task_index=task_index, start=start_step * gbs, stop=num_steps * gbs)
+  # Keep only this host's slice of every global batch.
+  keep = (positions % gbs) // lbs == jax.process_index()
+  seq, positions = seq[keep], positions[keep]
+  images, labels = split.images, split.labels
+  lut_t = tf.constant(lut, tf.uint8)
+
+  def fetch(i):
+    return images[i], labels[i]
+
+  def load(i, pos):
+    image_b, label_b = tf.numpy_function(fetch, [i], (tf.string, tf.string), stateful=False)
+    image, label = _decode(image_b, label_b)
+    label = tf.gather(lut_t, tf.cast(label, tf.int32))
+    key = tf.stack([tf.constant(seed * 1000 + task_index, tf.int64), pos])
+    image, label = augment(image, label, key, crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min,
+                           scale_max=input_cfg.scale_max, flip=input_cfg.flip, ignore_label=ignore_label)
+    return {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
+
+  ds = tf.data.Dataset.from_tensor_slices((seq, positions))
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(lbs, drop_remainder=True).prefetch(2)
+  return iter(tfds.as_numpy(ds))
+
+
+def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size: int, ignore_label: int,
+                 pad_to: tuple[int, int] | None = None) -> Iterator[dict]:
+  """Yields this host's evaluation batches over the whole split, in id order.
+
+  Every image is padded (bottom/right) to a fixed size with the ignore label,
+  and the last batch is filled with all-ignore images, so the jitted eval step
+  sees one shape and padded pixels never count.
+
+  Args:
+    split: the encoded evaluation split.
+    lut: (256,) uint8 eval lookup table of the step.
+    input_cfg: `config.input` (normalisation).
+    batch_size: global eval batch size.
+    ignore_label: void label.
+    pad_to: (H, W) to pad to; default the size of the first image (fixed-size
+      datasets). An image larger than pad_to is an error.
+
+  Yields:
+    {"image": float32 (B_local, H, W, 3), "label": int32 (B_local, H, W)}.
+  """
+  n = len(split)
+  lbs = batch_size // jax.process_count()
+  if pad_to is None:
+    first, _ = _decode(split.images[0], split.labels[0])
+    pad_to = tuple(int(d) for d in first.shape[:2])
+  ph, pw = pad_to
+  total = -(-n // batch_size) * batch_size
+  positions = np.arange(total)
+  positions = positions[(positions % batch_size) // lbs == jax.process_index()]
+  images, labels = split.images, split.labels
+  lut_t = tf.constant(lut, tf.uint8)
+  blank_img = tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy()
+  blank_lbl = tf.io.encode_png(tf.fill([1, 1, 1], tf.constant(ignore_label, tf.uint8))).numpy()
+
+  def fetch(p):
+    return (images[p], labels[p]) if p < n else (blank_img, blank_lbl)
+
+  def load(p):
+    image_b, label_b = tf.numpy_function(fetch, [p], (tf.string, tf.string), stateful=False)
+    image, label = _decode(image_b, label_b)
+    label = tf.gather(lut_t, tf.cast(label, tf.int32))
+    tf.debugging.assert_less_equal(tf.shape(image)[:2], tf.constant([ph, pw]),
+                                   message=f"eval image larger than the padded size {pad_to}")
+    image = _normalise(image, input_cfg.mean, input_cfg.std)
+    image = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
+    label = tf.pad(label, [[0, ph - tf.shape(label)[0]], [0, pw - tf.shape(label)[1]], [0, 0]],
+                   constant_values=ignore_label)
+    return {"image": tf.ensure_shape(image, [ph, pw, 3]), "label": tf.cast(tf.ensure_shape(label, [ph, pw, 1])[..., 0], tf.int32)}
+
+  ds = tf.data.Dataset.from_tensor_slices(positions).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                                          deterministic=True)
+  return iter(tfds.as_numpy(ds.batch(lbs, drop_remainder=True).prefetch(2)))

@@ -1,0 +1,77 @@
+"""Re-evaluates a saved task step of a run.
+
+  python -m incseg_jax.evaluate --workdir=/tmp/run1 --step=2
+
+Reads the run's saved config and the step's orbax checkpoint, recomputes the
+metrics on the evaluation split and prints them (per-class IoU and the
+old / new / all summary).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from incseg_jax import config_lib
+from incseg_jax import experiment as experiment_lib
+from incseg_jax import reporting
+from incseg_jax import runtime
+from incseg_jax import sharding
+from incseg_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Task step to evaluate (default: the last finished one).")
+_JSON = flags.DEFINE_string("json", "", "Also write the metrics to this JSON file.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def evaluate(workdir: str, task_index: int | None = None) -> dict:
+  """Restores task step `task_index` of the run in `workdir` and evaluates it.
+
+  Raises:
+    ValueError: no run there, or the step does not exist / has no checkpoint.
+  """
+  path = os.path.join(workdir, train.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"--workdir={workdir}: no {train.CONFIG_FILE}, not a run directory")
+  with open(path) as f:
+    config = config_lib.from_json(f.read())
+  exp = experiment_lib.build(config)
+  n = len(exp.plan.steps)
+  if task_index is None:
+    finished = [k for k in range(n) if os.path.isdir(train.checkpointing.task_dir(workdir, k))
+                and train.checkpointing.is_done(workdir, k)]
+    if not finished:
+      raise ValueError(f"--workdir={workdir}: no finished task step yet")
+    task_index = finished[-1]
+  if not 0 <= task_index < n:
+    raise ValueError(f"--step={task_index}: the run has task steps 0..{n - 1}")
+  if not os.path.isdir(train.checkpointing.task_dir(workdir, task_index)):
+    raise ValueError(f"--step={task_index}: no checkpoint for this task step in {workdir}")
+  mesh = sharding.make_mesh()
+  variables = train.restore_teacher(exp, workdir, task_index, mesh)
+  metrics = train.evaluate_step(exp, variables, task_index, mesh)
+  record = reporting.step_record(exp, task_index, metrics, train_seconds=0.0)
+  res = reporting.results(exp, [record])
+  print(reporting.step_line(record))
+  print(reporting.per_class_table(res))
+  return record
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO.
+  runtime.setup()
+  with runtime.clear_errors():
+    record = evaluate(_WORKDIR.value, _STEP.value)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,93 @@
+"""Everything derived from a config before any training: data, plan, method.
+
+Both `train.run` and `evaluate` build an `Experiment` first, so every bad
+input (unknown dataset/scenario/method/setting/order, a class order that is
+not a permutation, a task step with no training image) fails here, before a
+single train step, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from incseg_jax import methods
+from incseg_jax import models
+from incseg_jax import tasks
+from incseg_jax.data import pipeline
+from incseg_jax.data import registry
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The resolved experiment (see module docstring)."""
+  config: object
+  meta: registry.DatasetMeta
+  train_split: pipeline.EncodedSplit
+  eval_split: pipeline.EncodedSplit
+  plan: tasks.TaskPlan
+  method: methods.Method
+  step_indices: list[np.ndarray]  # training example indices per task step
+
+  @property
+  def channel_names(self) -> list[str]:
+    return self.plan.channel_names(self.meta.class_names)
+
+  def model(self, task_index: int) -> models.SegModel:
+    """The model definition after task step `task_index` (one head per step)."""
+    return models.build_model(self.config.model, self.plan.classes_per_step[:task_index + 1])
+
+  def num_train_steps(self, task_index: int) -> int:
+    """Length of a task step's schedule in train steps (see config.schedule)."""
+    s = self.config.schedule
+    length = s.base_length if task_index == 0 else s.inc_length
+    if s.unit == "steps":
+      return int(length)
+    if s.unit == "epochs":
+      per_epoch = -(-len(self.step_indices[task_index]) // self.config.input.batch_size)
+      return int(length * per_epoch)
+    if s.unit == "steps_per_class":
+      return int(length * len(self.plan.steps[task_index].new_classes))
+    raise ValueError(f"config.schedule.unit={s.unit!r}: expected steps, epochs or steps_per_class")
+
+  def learning_rate(self, task_index: int) -> float:
+    return self.config.schedule.base_lr if task_index == 0 else self.config.schedule.inc_lr
+
+
+def plan_only(config, meta: registry.DatasetMeta, pixel_counts=None) -> tasks.TaskPlan:
+  """The task plan of `config` (training-set pixel counts needed for frequency order)."""
+  method = methods.get(config.method)
+  return tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
+                         order=config.class_order, seed=config.order_seed, pixel_counts=pixel_counts,
+                         ignore_label=meta.ignore_label, void_as_background=method.void_as_background,
+                         unseen_eval=method.unseen_eval)
+
+
+def build(config) -> Experiment:
+  """Validates `config`, prepares the data and resolves the task plan.
+
+  Raises:
+    ValueError: with a message naming the config field for any bad input.
+  """
+  method = methods.check_config(config)
+  for field in ("batch_size",):
+    if config.input[field] <= 0:
+      raise ValueError(f"config.input.{field} must be positive, got {config.input[field]}")
+  builder, meta = registry.load(config.dataset)
+  train_split = pipeline.load_split(builder, config.dataset.train_split)
+  eval_split = pipeline.load_split(builder, config.dataset.eval_split)
+  counts = None
+  if train_split.pixel_counts is not None:
+    counts = train_split.pixel_counts.sum(axis=0)
+  plan = plan_only(config, meta, counts)
+  step_indices = [np.asarray(ix, np.int64) for ix in tasks.step_image_indices(plan, train_split.classes)]
+  image_counts = [len(ix) for ix in step_indices]
+  tasks.check_nonempty(plan, image_counts)
+  logging.info("%s", plan.describe(meta.class_names))
+  for step, n in zip(plan.steps, image_counts):
+    logging.info("task step %d: %d training images, new classes %s", step.index, n,
+                 [meta.class_names[c] for c in step.new_classes])
+  return Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
+                    method=method, step_indices=step_indices)

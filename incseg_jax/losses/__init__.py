@@ -1,0 +1,105 @@
+"""Loss registry: name -> pure function.
+
+Every loss term is a pure `jnp` function `fn(inputs: LossInputs, **options) ->
+scalar`, registered under a name. A config lists terms as `{name: weight}` in
+`config.losses` (options in `config.loss_options.<name>`), and the train step
+sums `weight * fn(inputs, **options)`. Adding a method means adding a module
+here with its terms and a preset in `incseg_jax/methods`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+_REGISTRY: dict[str, Callable[..., jax.Array]] = {}
+_NEEDS_TEACHER: set[str] = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """Static facts about the current task step that losses may need.
+
+  Attributes:
+    index: the task step (0 = base step).
+    num_channels: model output channels after this step (background incl.).
+    old_channels: channel ids learned before this step (foreground only).
+    new_channels: channel ids learned in this step.
+    ignore_label: the label value to ignore.
+  """
+  index: int
+  num_channels: int
+  old_channels: tuple[int, ...]
+  new_channels: tuple[int, ...]
+  ignore_label: int = 255
+
+  @property
+  def num_old_channels(self) -> int:
+    """Channels of the previous model: background + old classes."""
+    return 1 + len(self.old_channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+  """What a loss term can read; built inside the jitted train step.
+
+  Attributes:
+    student: the student's forward dict (see `incseg_jax.models.SegModel`).
+    teacher: the frozen previous model's forward dict (stop-gradient), or None
+      at step 0.
+    labels: (B, H, W) int32 training targets in channel ids, ignore_label for
+      pixels that do not count.
+    images: (B, H, W, 3) normalised input images.
+    task: static TaskInfo.
+    quirks: the config's named reference-code switches (a plain dict).
+  """
+  student: dict[str, Any]
+  teacher: dict[str, Any] | None
+  labels: jax.Array
+  images: jax.Array
+  task: TaskInfo
+  quirks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def register(name: str, needs_teacher: bool = False):
+  """Decorator registering a loss function under `name`.
+
+  Args:
+    name: the term's config name.
+    needs_teacher: the term reads `inputs.teacher`; it is left out at step 0,
+      where there is no previous model.
+  """
+
+  def wrap(fn):
+    if name in _REGISTRY:
+      raise ValueError(f"loss {name!r} registered twice")
+    _REGISTRY[name] = fn
+    if needs_teacher:
+      _NEEDS_TEACHER.add(name)
+    return fn
+
+  return wrap
+
+
+def get(name: str) -> Callable[..., jax.Array]:
+  """Returns the loss registered as `name`; ValueError lists the known ones."""
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+  """All registered loss names."""
+  return tuple(sorted(_REGISTRY))
+
+
+def needs_teacher(name: str) -> bool:
+  """Whether the term reads the previous model (so it is off at step 0)."""
+  get(name)
+  return name in _NEEDS_TEACHER
+
+
+# Importing the families registers their terms.
+from incseg_jax.losses import ce  # noqa: E402,F401  pylint: disable=g-import-not-at-top

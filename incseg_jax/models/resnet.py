@@ -1,0 +1,255 @@
+"""ResNet encoders (ResNet-18/34/50/101 and a narrow CPU-sized ResNet).
+
+This module owns the backbone: the torchvision-layout ResNets used by the
+papers, a width-configurable ``resnet_small`` for CPU experiments, the
+output-stride/dilation logic and the ``bn_frozen`` BatchNorm behaviour.
+
+Param tree (stable names, later code freezes layers by them)::
+
+    stem/{conv,bn}
+    stage{1..4}/block{i}/{conv1,bn1,conv2,bn2[,conv3,bn3]
+                          [,downsample_conv,downsample_bn]}
+
+Output stride follows the DeepLab convention: OS32 is the plain network,
+OS16 sets stage4 to stride 1 / dilation 2, OS8 sets stage3 to stride 1 /
+dilation 2 and stage4 to stride 1 / dilation 4. Every block of a dilated stage
+uses the stage's dilation (the inplace-ABN/MiB convention; torchvision instead
+keeps the previous dilation in the first block of the stage).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
+KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# stride and dilation of stage1..4 for each supported output stride.
+_STAGE_LAYOUT = {
+    32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+    16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+    8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+}
+OUTPUT_STRIDES = tuple(sorted(_STAGE_LAYOUT))
+
+
+def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
+  """Bias-free conv with PyTorch-style symmetric padding ``dilation*(k-1)//2``.
+
+  Explicit padding (instead of 'SAME') keeps spatial sizes identical to the
+  torchvision reference for odd input sizes, which matters when porting
+  checkpoints.
+  """
+  pad = dilation * (kernel - 1) // 2
+  return nn.Conv(
+      features, (kernel, kernel), strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+      use_bias=False, kernel_init=KAIMING_NORMAL, dtype=dtype, name=name)
+
+
+def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
+  """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax 0.9).
+
+  With ``bn_frozen`` the running averages are always used, so batch_stats are
+  never written even when ``train=True`` (scale/bias freezing is the
+  optimizer's job, not the module's).
+  """
+  return nn.BatchNorm(
+      use_running_average=(not train) or bn_frozen, momentum=0.9, epsilon=1e-5,
+      use_fast_variance=False, dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs plus identity/projection shortcut (ResNet-18/34)."""
+
+  features: int
+  stride: int = 1
+  dilation: int = 1
+  bn_frozen: bool = False
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train):
+    """Returns ``(relu(out), out)``; the pre-ReLU sum is what PLOP distils."""
+    kw = dict(dtype=self.dtype)
+    bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
+    s, d = self.stride, self.dilation
+    y = conv(self.features, 3, s, d, name='conv1', **kw)(x)
+    y = nn.relu(bn('bn1')(y))
+    y = conv(self.features, 3, 1, self.dilation, name='conv2', **kw)(y)
+    y = bn('bn2')(y)
+    shortcut = _shortcut(x, self.features, self.stride, bn, self.dtype)
+    pre = y + shortcut
+    return nn.relu(pre), pre
+
+
+class Bottleneck(nn.Module):
+  """1x1-3x3-1x1 bottleneck, stride on the 3x3 (torchvision v1.5)."""
+
+  features: int
+  stride: int = 1
+  dilation: int = 1
+  bn_frozen: bool = False
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train):
+    """Returns ``(relu(out), out)``; the pre-ReLU sum is what PLOP distils."""
+    kw = dict(dtype=self.dtype)
+    bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
+    out_features = self.features * self.expansion
+    y = conv(self.features, 1, name='conv1', **kw)(x)
+    y = nn.relu(bn('bn1')(y))
+    s, d = self.stride, self.dilation
+    y = conv(self.features, 3, s, d, name='conv2', **kw)(y)
+    y = nn.relu(bn('bn2')(y))
+    y = conv(out_features, 1, name='conv3', **kw)(y)
+    y = bn('bn3')(y)
+    shortcut = _shortcut(x, out_features, self.stride, bn, self.dtype)
+    pre = y + shortcut
+    return nn.relu(pre), pre
+
+
+def _shortcut(x, out_features, stride, bn, dtype):
+  """Identity, or 1x1 conv + BN when the shape changes (torchvision style)."""
+  if stride == 1 and x.shape[-1] == out_features:
+    return x
+  s = conv(out_features, 1, stride, name='downsample_conv', dtype=dtype)(x)
+  return bn('downsample_bn')(s)
+
+
+_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+class Stem(nn.Module):
+  """ImageNet stem (7x7/2 conv) or small stem (3x3/2 conv), then 3x3/2 maxpool.
+
+  The small stem keeps the maxpool so that ``resnet_small`` has the same
+  stage strides (4/8/16/32) as the big ResNets; the maxpool is nearly free.
+  """
+
+  features: int
+  kernel: int = 7
+  bn_frozen: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = conv(self.features, self.kernel, 2, name='conv', dtype=self.dtype)(x)
+    x = batch_norm(train, self.bn_frozen, name='bn', dtype=self.dtype)(x)
+    x = nn.relu(x)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class Stage(nn.Module):
+  """A sequence of blocks ``block0..`` ; only ``block0`` may stride."""
+
+  block: str
+  num_blocks: int
+  features: int
+  stride: int = 1
+  dilation: int = 1
+  bn_frozen: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    """Returns ``(output, pre_relu_output_of_last_block)``."""
+    pre = None
+    for i in range(self.num_blocks):
+      x, pre = _BLOCKS[self.block](
+          self.features, stride=self.stride if i == 0 else 1,
+          dilation=self.dilation, bn_frozen=self.bn_frozen, dtype=self.dtype,
+          name=f'block{i}')(x, train)
+    return x, pre
+
+
+class ResNet(nn.Module):
+  """Generic ResNet encoder.
+
+  Attributes:
+    block: 'basic' or 'bottleneck'.
+    stage_sizes: number of blocks in stage1..4.
+    width: channels of stage1 (x2 per stage, x4 for bottleneck outputs).
+    stem_kernel: 7 for the ImageNet stem, 3 for the small stem.
+    output_stride: 8, 16 or 32 (dilation replaces stride, see module doc).
+    bn_frozen: if True, BatchNorm always uses (and never updates) running
+      statistics.
+    dtype: computation dtype (params stay float32).
+  """
+
+  block: str = 'bottleneck'
+  stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
+  width: int = 64
+  stem_kernel: int = 7
+  output_stride: int = 16
+  bn_frozen: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """Encodes an NHWC image batch.
+
+    Args:
+      x: (B, H, W, C) float input.
+      train: selects batch statistics in BatchNorm (unless ``bn_frozen``).
+
+    Returns:
+      Dict with ``stages`` (4 post-ReLU stage outputs), ``stages_pre`` (the
+      same before the last block's final ReLU) and ``encoder`` (= stages[-1]).
+    """
+    if self.output_stride not in _STAGE_LAYOUT:
+      raise ValueError(f'output_stride must be one of {OUTPUT_STRIDES}, '
+                       f'got {self.output_stride}')
+    if len(self.stage_sizes) != 4:
+      raise ValueError(f'stage_sizes needs 4 entries, got {self.stage_sizes}')
+    strides, dilations = _STAGE_LAYOUT[self.output_stride]
+    x = Stem(self.width, self.stem_kernel, self.bn_frozen, self.dtype,
+             name='stem')(x, train)
+    stages, stages_pre = [], []
+    for i in range(4):
+      x, pre = Stage(self.block, self.stage_sizes[i], self.width * 2**i,
+                     strides[i], dilations[i], self.bn_frozen, self.dtype,
+                     name=f'stage{i + 1}')(x, train)
+      stages.append(x)
+      stages_pre.append(pre)
+    return {'stages': tuple(stages), 'stages_pre': tuple(stages_pre),
+            'encoder': x}
+
+
+def resnet18(**kw):
+  """ResNet-18 (basic blocks, [2, 2, 2, 2])."""
+  return ResNet(block='basic', stage_sizes=(2, 2, 2, 2), **kw)
+
+
+def resnet34(**kw):
+  """ResNet-34 (basic blocks, [3, 4, 6, 3])."""
+  return ResNet(block='basic', stage_sizes=(3, 4, 6, 3), **kw)
+
+
+def resnet50(**kw):
+  """ResNet-50 (bottlenecks, [3, 4, 6, 3]); 2048 output channels."""
+  return ResNet(block='bottleneck', stage_sizes=(3, 4, 6, 3), **kw)
+
+
+def resnet101(**kw):
+  """ResNet-101 (bottlenecks, [3, 4, 23, 3]); 2048 output channels."""
+  return ResNet(block='bottleneck', stage_sizes=(3, 4, 23, 3), **kw)
+
+
+def resnet_small(width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1), **kw):
+  """Narrow CPU ResNet: basic blocks, 3x3/2 stem conv + 3x3/2 maxpool.
+
+  Stage strides are 4/8/16/32 like the big ResNets (see ``Stem``).
+  """
+  return ResNet(block='basic', stage_sizes=tuple(blocks), width=width,
+                stem_kernel=3, **kw)
+
+
+BACKBONES = {
+    'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50,
+    'resnet101': resnet101, 'resnet_small': resnet_small,
+}

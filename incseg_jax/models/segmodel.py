@@ -1,0 +1,154 @@
+"""The full segmentation network (encoder + DeepLab decoder + incremental head).
+
+This module owns ``SegModel`` (wiring, default atrous rates, logits
+upsampling) and ``build_model`` (config -> model, with validation).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from incseg_jax.models.classifier import IncrementalClassifier
+from incseg_jax.models.deeplab import ASPPv2, ASPPv3
+from incseg_jax.models.resnet import BACKBONES, OUTPUT_STRIDES
+
+DECODERS = ('deeplab_v3', 'deeplab_v2')
+
+
+def default_atrous_rates(decoder: str, output_stride: int) -> tuple[int, ...]:
+  """Rates used when ``atrous_rates`` is None.
+
+  v3: (6, 12, 18) at OS16, doubled at OS8 and halved at OS32 so the receptive
+  field in input pixels stays the same. v2: (6, 12, 18, 24) regardless.
+  """
+  if decoder == 'deeplab_v2':
+    return (6, 12, 18, 24)
+  return {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}[output_stride]
+
+
+class SegModel(nn.Module):
+  """ResNet + DeepLab ASPP + incremental 1x1 classifier.
+
+  Submodules are named ``backbone``, ``decoder`` and ``classifier`` (heads
+  ``classifier/head_k``).
+
+  Attributes:
+    backbone: 'resnet18', 'resnet34', 'resnet50', 'resnet101' or
+      'resnet_small'.
+    decoder: 'deeplab_v3' or 'deeplab_v2'.
+    classes_per_step: classes added at each step (step 0 includes background).
+    output_stride: 8, 16 or 32.
+    aspp_channels: decoder width (= pre-logits channels).
+    atrous_rates: None for ``default_atrous_rates``.
+    small_width: base width of 'resnet_small'.
+    small_blocks: blocks per stage of 'resnet_small'.
+    bn_frozen: BatchNorm never uses batch statistics nor updates batch_stats.
+    aspp_dropout: dropout after the v3 projection (needs a 'dropout' rng).
+    dtype: computation dtype; logits are returned as float32.
+  """
+
+  backbone: str = 'resnet101'
+  decoder: str = 'deeplab_v3'
+  classes_per_step: tuple[int, ...] = (21,)
+  output_stride: int = 16
+  aspp_channels: int = 256
+  atrous_rates: tuple[int, ...] | None = None
+  small_width: int = 16
+  small_blocks: tuple[int, ...] = (1, 1, 1, 1)
+  bn_frozen: bool = False
+  aspp_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    """Runs the network.
+
+    Args:
+      x: (B, H, W, 3) float32 NHWC images.
+      train: BatchNorm batch statistics (unless ``bn_frozen``) and dropout.
+
+    Returns:
+      Dict with ``stages``, ``stages_pre``, ``encoder`` (backbone),
+      ``aspp_branches``, ``pre_logits`` (B, h, w, aspp_channels), ``logits_os``
+      (B, h, w, N) at the output stride and ``logits`` (B, H, W, N) bilinearly
+      upsampled to the input size, N = sum(classes_per_step).
+    """
+    _validate(self.backbone, self.decoder, self.output_stride)
+    kw = dict(output_stride=self.output_stride, bn_frozen=self.bn_frozen,
+              dtype=self.dtype, name='backbone')
+    if self.backbone == 'resnet_small':
+      kw.update(width=self.small_width, blocks=tuple(self.small_blocks))
+    out = dict(BACKBONES[self.backbone](**kw)(x, train))
+
+    rates = self.atrous_rates
+    if rates is None:
+      rates = default_atrous_rates(self.decoder, self.output_stride)
+    if self.decoder == 'deeplab_v3':
+      dec = ASPPv3(self.aspp_channels, tuple(rates), self.aspp_dropout,
+                   self.bn_frozen, self.dtype, name='decoder')
+    else:
+      dec = ASPPv2(self.aspp_channels, tuple(rates), self.dtype, name='decoder')
+    out.update(dec(out['encoder'], train))
+
+    logits_os = IncrementalClassifier(
+        tuple(self.classes_per_step), self.dtype,
+        name='classifier')(out['pre_logits']).astype(jnp.float32)
+    b, h, w, _ = x.shape
+    out['logits_os'] = logits_os
+    out['logits'] = jax.image.resize(
+        logits_os, (b, h, w, logits_os.shape[-1]), method='bilinear')
+    return out
+
+
+def _validate(backbone, decoder, output_stride):
+  """Raises ValueError naming the offending field."""
+  if backbone not in BACKBONES:
+    raise ValueError(f'model.backbone={backbone!r} is unknown; expected one '
+                     f'of {sorted(BACKBONES)}')
+  if decoder not in DECODERS:
+    raise ValueError(f'model.decoder={decoder!r} is unknown; expected one of '
+                     f'{list(DECODERS)}')
+  if output_stride not in OUTPUT_STRIDES:
+    raise ValueError(f'model.output_stride={output_stride!r} is not supported; '
+                     f'expected one of {OUTPUT_STRIDES}')
+
+
+def build_model(model_cfg, classes_per_step) -> SegModel:
+  """Builds a ``SegModel`` from a config.
+
+  Args:
+    model_cfg: ConfigDict (or any attribute object) with ``backbone``,
+      ``decoder``, ``output_stride`` and optionally ``aspp_channels`` (256),
+      ``atrous_rates`` (None), ``small_width`` (16), ``small_blocks``
+      ((1, 1, 1, 1)), ``bn_frozen`` (False), ``aspp_dropout`` (0.0), ``dtype``
+      (float32).
+    classes_per_step: classes added at each step up to the current one.
+
+  Returns:
+    The (unbound) model.
+
+  Raises:
+    ValueError: unknown backbone/decoder, unsupported output stride or bad
+      ``classes_per_step``.
+  """
+  get = lambda name, default: getattr(model_cfg, name, default)
+  backbone, decoder = get('backbone', None), get('decoder', None)
+  output_stride = get('output_stride', None)
+  _validate(backbone, decoder, output_stride)
+  classes = tuple(int(c) for c in classes_per_step)
+  if not classes or min(classes) < 1:
+    raise ValueError(f'classes_per_step={tuple(classes_per_step)} must be a '
+                     'non-empty sequence of positive ints')
+  rates = get('atrous_rates', None)
+  return SegModel(
+      backbone=backbone, decoder=decoder, classes_per_step=classes,
+      output_stride=int(output_stride),
+      aspp_channels=int(get('aspp_channels', 256)),
+      atrous_rates=None if rates is None else tuple(int(r) for r in rates),
+      small_width=int(get('small_width', 16)),
+      small_blocks=tuple(int(b) for b in get('small_blocks', (1, 1, 1, 1))),
+      bn_frozen=bool(get('bn_frozen', False)),
+      aspp_dropout=float(get('aspp_dropout', 0.0)),
+      dtype=jnp.dtype(get('dtype', 'float32')))

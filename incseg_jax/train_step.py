@@ -1,0 +1,128 @@
+"""The jitted train step (student + frozen teacher + every loss term) and eval step.
+
+One `jax.jit` computes the teacher forward (previous step's variables, under
+`stop_gradient`, never differentiated nor donated), the student forward, the
+weighted sum of the configured loss terms, the student's gradients and the
+optimizer update. Parameters and BatchNorm statistics under a frozen prefix
+are not updated at all (no gradient step, no weight decay, statistics kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from incseg_jax import evaluation
+from incseg_jax import losses as losses_lib
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that changes during training of one task step."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def path_str(path) -> str:
+  """'backbone/stage1/block0/conv1/kernel' for a tree_util key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def is_frozen(path: str, frozen: Sequence[str]) -> bool:
+  return any(path == p or path.startswith(p.rstrip("/") + "/") for p in frozen)
+
+
+def frozen_mask(tree: Any, frozen: Sequence[str]) -> Any:
+  """A pytree of bools: True for leaves under one of the `frozen` prefixes."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: is_frozen(path_str(p), frozen), tree)
+
+
+def lr_schedule(start: float, end: float, power: float, num_steps: int) -> optax.Schedule:
+  """Polynomial decay from `start` to `end` over `num_steps` (both papers' 'poly')."""
+  return optax.polynomial_schedule(init_value=start, end_value=end, power=power, transition_steps=max(num_steps, 1))
+
+
+def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Sequence[str]) -> optax.GradientTransformation:
+  """SGD (+ momentum, optionally Nesterov) with L2 weight decay on trainable params.
+
+  Weight decay is added to the gradient before momentum, as PyTorch's SGD does
+  (the reference code's optimizer), on every trainable parameter; frozen
+  parameters get a zero update.
+  """
+  tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
+                   optax.sgd(schedule, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov))
+  if not frozen:
+    return tx
+  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, frozen))
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequence[tuple[str, float, dict]],
+                    task: losses_lib.TaskInfo, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    frozen: Sequence[str] = (), quirks: dict | None = None) -> Callable:
+  """Builds the jitted update for one task step.
+
+  Args:
+    student: the current model definition.
+    teacher: the previous step's model definition (None at step 0).
+    terms: (loss name, weight, options) of the active terms.
+    task: static facts of the task step, passed to the losses.
+    tx: the optimizer.
+    schedule: the learning-rate schedule (for logging only).
+    frozen: parameter-path prefixes whose params and batch_stats must not change.
+    quirks: named reference-code switches, passed to the losses.
+
+  Returns:
+    `step(state, teacher_variables, batch, key) -> (state, metrics)`, jitted,
+    donating `state` (so the state must not share buffers with
+    `teacher_variables`: build it from host copies, as `train` does). `key` is the task step's base key; the step folds in
+    its own counter, so randomness depends on (seed, task step, train step) only.
+  """
+  fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms]
+  quirks = dict(quirks or {})
+
+  def step(state: TrainState, teacher_variables: Any, batch: dict, key: jax.Array):
+    images, labels = batch["image"], batch["label"]
+    rng = jax.random.fold_in(key, state.step)
+    teacher_out = None
+    if teacher is not None:
+      teacher_out = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
+
+    def loss_fn(params):
+      out, mutated = student.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                   mutable=["batch_stats"], rngs={"dropout": rng})
+      inputs = losses_lib.LossInputs(student=out, teacher=teacher_out, labels=labels, images=images, task=task,
+                                     quirks=quirks)
+      values = {name: fn(inputs, **opts) for name, _, fn, opts in fns}
+      total = sum(weight * values[name] for name, weight, _, _ in fns)
+      return total, (values, mutated["batch_stats"])
+
+    (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if frozen:
+      # BatchNorm statistics are not parameters: keep the frozen ones explicitly.
+      mask = frozen_mask(new_stats, frozen)
+      new_stats = jax.tree.map(lambda m, old, new: old if m else new, mask, state.batch_stats, new_stats)
+    metrics = {"loss": total, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+    metrics.update({f"loss_{k}": v for k, v in values.items()})
+    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state), metrics
+
+  return jax.jit(step, donate_argnames=("state",))
+
+
+def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Callable:
+  """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch."""
+
+  def step(variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)["logits"]
+    preds = jnp.argmax(logits, axis=-1)
+    return evaluation.confusion_matrix(batch["label"], preds, num_channels, ignore_label)
+
+  return jax.jit(step)

@@ -1,0 +1,263 @@
+"""Tests for incseg_jax.models: shapes, strides, growth, frozen BN, names."""
+
+import math
+
+import jax
+import jax.extend.core
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from incseg_jax.models import SegModel, build_model, grow_variables
+from incseg_jax.models import init_variables
+from incseg_jax.models.segmodel import default_atrous_rates
+
+SIZE = 33  # odd on purpose: checks the ceil(H / stride) padding convention
+
+
+def _expected_hw(size, output_stride):
+  """Spatial size of stage1..4: stride 4/8/16/32 capped at the output stride."""
+  return [math.ceil(size / min(4 * 2**i, output_stride)) for i in range(4)]
+
+
+def _check_outputs(out, size, output_stride, decoder, enc_channels, n_classes,
+                   aspp_channels, batch):
+  hws = _expected_hw(size, output_stride)
+  assert len(out['stages']) == len(out['stages_pre']) == 4
+  for i, (s, p) in enumerate(zip(out['stages'], out['stages_pre'])):
+    assert s.shape[:3] == (batch, hws[i], hws[i]), (i, s.shape)
+    assert p.shape == s.shape
+  assert out['encoder'].shape == (batch, hws[3], hws[3], enc_channels)
+  h = hws[3]
+  assert len(out['aspp_branches']) == (5 if decoder == 'deeplab_v3' else 4)
+  for b in out['aspp_branches']:
+    assert b.shape == (batch, h, h, aspp_channels)
+  assert out['pre_logits'].shape == (batch, h, h, aspp_channels)
+  assert out['logits_os'].shape == (batch, h, h, n_classes)
+  assert out['logits'].shape == (batch, size, size, n_classes)
+
+
+@pytest.mark.parametrize('decoder', ['deeplab_v3', 'deeplab_v2'])
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+@pytest.mark.parametrize('backbone,enc_channels', [('resnet_small', 128),
+                                                   ('resnet18', 512)])
+def test_shapes_real_apply(backbone, enc_channels, output_stride, decoder):
+  model = SegModel(backbone=backbone, decoder=decoder, classes_per_step=(3, 2),
+                   output_stride=output_stride, aspp_channels=8)
+  x = jax.random.normal(jax.random.key(0), (1, SIZE, SIZE, 3))
+  out, _ = model.init_with_output(jax.random.key(1), x, train=False)
+  _check_outputs(out, SIZE, output_stride, decoder, enc_channels, 5, 8, 1)
+  # Stage output is the ReLU of the pre-activation that PLOP distils.
+  for s, p in zip(out['stages'], out['stages_pre']):
+    np.testing.assert_array_equal(s, jnp.maximum(p, 0))
+  assert float(out['stages_pre'][3].min()) < 0
+  np.testing.assert_allclose(out['logits'], jax.image.resize(
+      out['logits_os'], (1, SIZE, SIZE, 5), 'bilinear'), atol=1e-6)
+  branches = out['aspp_branches']
+  if decoder == 'deeplab_v2':
+    np.testing.assert_allclose(out['pre_logits'], sum(branches), atol=1e-5)
+  else:  # image-pooling branch is spatially constant
+    pool = branches[4]
+    np.testing.assert_array_equal(
+        pool, jnp.broadcast_to(pool[:, :1, :1], pool.shape))
+
+
+@pytest.mark.parametrize('decoder', ['deeplab_v3', 'deeplab_v2'])
+@pytest.mark.parametrize('output_stride', [8, 16])
+@pytest.mark.parametrize('backbone,enc_channels', [
+    ('resnet34', 512), ('resnet50', 2048), ('resnet101', 2048)])
+def test_shapes_eval_shape(backbone, enc_channels, output_stride, decoder):
+  model = SegModel(backbone=backbone, decoder=decoder,
+                   classes_per_step=(16, 1, 1), output_stride=output_stride)
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  out, variables = jax.eval_shape(
+      lambda r, x: model.init_with_output(r, x, train=False),
+      jax.random.key(0), x)
+  _check_outputs(out, 64, output_stride, decoder, enc_channels, 18, 256, 2)
+  n_blocks = {'resnet34': 6, 'resnet50': 6, 'resnet101': 23}[backbone]
+  assert len(variables['params']['backbone']['stage3']) == n_blocks
+
+
+def _conv_dilations(jaxpr):
+  """All conv rhs dilations in a jaxpr (recursing into sub-jaxprs)."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      found.update(eqn.params['rhs_dilation'])
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found |= _conv_dilations(sub)
+  return found
+
+
+@pytest.mark.parametrize('decoder,output_stride,rates,expected', [
+    ('deeplab_v3', 32, None, {1, 3, 6, 9}),
+    ('deeplab_v3', 16, None, {1, 2, 6, 12, 18}),
+    ('deeplab_v3', 8, None, {1, 2, 4, 12, 24, 36}),
+    ('deeplab_v3', 8, (3, 5, 7), {1, 2, 4, 3, 5, 7}),
+    ('deeplab_v2', 8, None, {1, 2, 4, 6, 12, 18, 24}),
+])
+def test_dilations(decoder, output_stride, rates, expected):
+  """Backbone dilation (stage3 2 / stage4 4 at OS8) and ASPP atrous rates."""
+  model = SegModel(backbone='resnet_small', decoder=decoder,
+                   classes_per_step=(2,), output_stride=output_stride,
+                   aspp_channels=8, atrous_rates=rates)
+  x = jnp.zeros((1, SIZE, SIZE, 3))
+  jaxpr = jax.make_jaxpr(
+      lambda r, x: model.init_with_output(r, x, train=False))(
+          jax.random.key(0), x).jaxpr
+  assert _conv_dilations(jaxpr) == expected
+
+
+def test_default_atrous_rates():
+  assert default_atrous_rates('deeplab_v3', 16) == (6, 12, 18)
+  assert default_atrous_rates('deeplab_v3', 8) == (12, 24, 36)
+  assert default_atrous_rates('deeplab_v2', 8) == (6, 12, 18, 24)
+  assert default_atrous_rates('deeplab_v2', 16) == (6, 12, 18, 24)
+
+
+def _init(model, seed):
+  # Eager init: reuses cached per-op kernels, much faster on CPU than the
+  # jit compile in init_variables (exercised once, in test_param_tree_names).
+  x = jnp.zeros((1, SIZE, SIZE, 3))
+  return model.init(jax.random.key(seed), x, train=False)
+
+
+def _small(classes_per_step, **kw):
+  kw = {'backbone': 'resnet_small', 'decoder': 'deeplab_v3',
+        'output_stride': 16, 'aspp_channels': 8, 'small_width': 8, **kw}
+  return SegModel(classes_per_step=classes_per_step, **kw)
+
+
+@pytest.mark.parametrize('decoder', ['deeplab_v3', 'deeplab_v2'])
+def test_head_growth(decoder):
+  old_model = _small((3, 2), decoder=decoder)
+  new_model = _small((3, 2, 4), decoder=decoder)
+  old_vars = _init(old_model, 0)
+  fresh = _init(new_model, 1)
+  grown = grow_variables(old_vars, fresh)
+
+  flat_old = dict(jax.tree_util.tree_leaves_with_path(old_vars))
+  flat_grown = dict(jax.tree_util.tree_leaves_with_path(grown))
+  for path, leaf in flat_old.items():
+    assert np.array_equal(leaf, flat_grown[path]), path
+  new_paths = {jax.tree_util.keystr(p) for p in set(flat_grown) - set(flat_old)}
+  assert new_paths == {"['params']['classifier']['head_2']['kernel']",
+                       "['params']['classifier']['head_2']['bias']"}
+  assert grown['params']['classifier']['head_2']['kernel'].shape == (1, 1, 8, 4)
+
+  x = jax.random.normal(jax.random.key(2), (2, SIZE, SIZE, 3))
+  old_out = old_model.apply(old_vars, x, train=False)
+  new_out = new_model.apply(grown, x, train=False)
+  assert new_out['logits'].shape[-1] == 9
+  np.testing.assert_array_equal(new_out['logits'][..., :5], old_out['logits'])
+  np.testing.assert_array_equal(new_out['logits_os'][..., :5],
+                                old_out['logits_os'])
+
+
+def test_grow_variables_errors():
+  old = {'params': {'a': jnp.zeros((2, 3)), 'b': jnp.zeros(1)}}
+  with pytest.raises(ValueError, match='params/a'):
+    grow_variables(old, {'params': {'a': jnp.zeros((2, 4)),
+                                    'b': jnp.zeros(1)}})
+  with pytest.raises(ValueError, match='params/b'):
+    grow_variables(old, {'params': {'a': jnp.zeros((2, 3))}})
+  with pytest.raises(ValueError, match='dtype'):
+    grow_variables(old, {'params': {'a': jnp.zeros((2, 3), jnp.int32),
+                                    'b': jnp.zeros(1)}})
+
+
+def _tree_equal(a, b):
+  return all(jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(np.array_equal, a, b)))
+
+
+@pytest.mark.parametrize('decoder', ['deeplab_v3', 'deeplab_v2'])
+def test_bn_frozen(decoder):
+  x = 3.0 + jax.random.normal(jax.random.key(2), (2, SIZE, SIZE, 3))
+  frozen, free = _small((3,), bn_frozen=True, decoder=decoder), _small(
+      (3,), decoder=decoder)
+  variables = _init(free, 0)
+  out, upd = frozen.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert _tree_equal(upd['batch_stats'], variables['batch_stats'])
+  # Frozen BN in train mode computes exactly what eval mode computes.
+  eval_out = free.apply(variables, x, train=False)
+  np.testing.assert_array_equal(out['logits'], eval_out['logits'])
+
+  _, upd = free.apply(variables, x, train=True, mutable=['batch_stats'])
+  for path, leaf in jax.tree_util.tree_leaves_with_path(upd['batch_stats']):
+    old = variables['batch_stats']
+    for key in path:
+      old = old[key.key]
+    assert not np.array_equal(leaf, old), jax.tree_util.keystr(path)
+
+
+def test_aspp_dropout_uses_rng():
+  model = _small((3,), aspp_dropout=0.5)
+  variables = _init(model, 0)
+  x = jax.random.normal(jax.random.key(1), (2, SIZE, SIZE, 3))
+  run = lambda seed: model.apply(
+      variables, x, train=True, mutable=['batch_stats'],
+      rngs={'dropout': jax.random.key(seed)})[0]['pre_logits']
+  assert not np.array_equal(run(0), run(1))
+  assert float((run(0) == 0).mean()) > 0.3
+  a, b = (model.apply(variables, x, train=False)['pre_logits'] for _ in '12')
+  np.testing.assert_array_equal(a, b)
+
+
+def test_param_tree_names():
+  model = _small((3, 2, 1), small_blocks=(2, 1, 1, 3))
+  variables = init_variables(model, jax.random.key(0), SIZE)
+  assert set(variables) == {'params', 'batch_stats'}
+  params = variables['params']
+  assert set(params) == {'backbone', 'decoder', 'classifier'}
+  assert set(params['backbone']) == {'stem', 'stage1', 'stage2', 'stage3',
+                                     'stage4'}
+  assert set(params['backbone']['stem']) == {'conv', 'bn'}
+  assert set(params['backbone']['stage1']) == {'block0', 'block1'}
+  assert set(params['backbone']['stage4']) == {'block0', 'block1', 'block2'}
+  assert {'conv1', 'bn1', 'conv2', 'bn2', 'downsample_conv', 'downsample_bn'
+          } == set(params['backbone']['stage2']['block0'])
+  assert set(params['classifier']) == {'head_0', 'head_1', 'head_2'}
+  assert set(variables['batch_stats']) == {'backbone', 'decoder'}
+  assert params['backbone']['stem']['conv']['kernel'].shape == (3, 3, 3, 8)
+  assert params['backbone']['stage4']['block0']['conv1']['kernel'].shape == (
+      3, 3, 32, 64)
+
+
+def _cfg(**overrides):
+  cfg = ml_collections.ConfigDict({
+      'backbone': 'resnet_small', 'decoder': 'deeplab_v2', 'output_stride': 8,
+      'aspp_channels': 16, 'atrous_rates': None, 'small_width': 8,
+      'small_blocks': [2, 1, 1, 1], 'bn_frozen': True})
+  cfg.update(overrides)
+  return cfg
+
+
+def test_build_model():
+  model = build_model(_cfg(), [16, 5])
+  assert isinstance(model, SegModel)
+  assert model.classes_per_step == (16, 5)
+  assert model.small_blocks == (2, 1, 1, 1)
+  assert (model.decoder, model.output_stride, model.bn_frozen) == (
+      'deeplab_v2', 8, True)
+  assert model.atrous_rates is None
+  model = build_model(_cfg(atrous_rates=(1, 2, 3)), (4,))
+  assert model.atrous_rates == (1, 2, 3)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('backbone', 'resnet152', r'backbone.*resnet152'),
+    ('decoder', 'deeplab_v3plus', r'decoder.*deeplab_v3plus'),
+    ('output_stride', 4, r'output_stride=4'),
+])
+def test_build_model_errors(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    build_model(_cfg(**{field: value}), (3,))
+
+
+def test_build_model_bad_classes():
+  with pytest.raises(ValueError, match='classes_per_step'):
+    build_model(_cfg(), ())
+  with pytest.raises(ValueError, match='classes_per_step'):
+    build_model(_cfg(), (3, 0))

@@ -1,0 +1,58 @@
+"""The sharded train step gives the same loss on 8 simulated devices as on 1."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import jax, numpy as np
+    from incseg_jax import losses, models, sharding, train_step as ts
+    import ml_collections
+    cfg = ml_collections.ConfigDict(dict(backbone="resnet_small", decoder="deeplab_v3", output_stride=8,
+        aspp_channels=8, atrous_rates=(1, 2, 3), small_width=8, small_blocks=(1, 1, 1, 1), bn_frozen=False))
+    optim = ml_collections.ConfigDict(dict(momentum=0.9, nesterov=True, weight_decay=1e-4))
+    teacher = models.build_model(cfg, (4,))
+    student = models.build_model(cfg, (4, 2))
+    tvars = models.init_variables(teacher, jax.random.key(0), 32)
+    svars = models.grow_variables(tvars, models.init_variables(student, jax.random.key(1), 32))
+    svars = jax.tree.map(np.array, svars)  # the donated state must not share buffers with the teacher
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 6, size=(8, 32, 32)).astype(np.int32)}
+    batch["label"][:, :4] = 255
+    mesh = sharding.make_mesh()
+    sched = ts.lr_schedule(0.01, 0.0, 0.9, 10)
+    tx = ts.make_optimizer(optim, sched, svars["params"], ())
+    state = ts.TrainState(step=np.int32(0), params=svars["params"], batch_stats=svars["batch_stats"],
+                          opt_state=tx.init(svars["params"]))
+    state = sharding.put_replicated(state, mesh)
+    task = losses.TaskInfo(index=1, num_channels=6, old_channels=(1, 2, 3), new_channels=(4, 5))
+    step = ts.make_train_step(student, teacher, [("ce", 1.0, {})], task, tx, sched)
+    losses_out = []
+    for i in range(2):
+        state, m = step(state, sharding.put_replicated(tvars, mesh), sharding.put_batch(batch, mesh),
+                        jax.random.key(0))
+        losses_out.append(float(m["loss"]))
+    print(json.dumps({"devices": jax.device_count(), "loss": losses_out,
+                      "shards": len(sharding.put_batch(batch, mesh)["image"].addressable_shards)}))
+""")
+
+
+def run(devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_step_matches_single_device():
+  one, eight = run(1), run(8)
+  assert one["devices"] == 1 and eight["devices"] == 8 and eight["shards"] == 8
+  # Same loss before the first update and after one (BatchNorm statistics are
+  # computed over the global batch in both cases).
+  for a, b in zip(one["loss"], eight["loss"]):
+    assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (one, eight)

@@ -1,0 +1,124 @@
+"""End-to-end tests of the task loop: run, evaluate, resume, refuse bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from incseg_jax import evaluate
+from incseg_jax import train
+from incseg_jax import train_step as ts
+
+
+def read_results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
+def two_step_config(smoke_config, arg="task=19-1,method=ft"):
+  config = smoke_config(arg)
+  config.schedule.base_length = 4
+  config.schedule.inc_length = 3
+  config.checkpoint_every = 2
+  return config
+
+
+def test_run_writes_results_and_evaluate_reproduces(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  res = train.run(two_step_config(smoke_config), workdir)
+  assert [s["task_step"] for s in res["steps"]] == [0, 1]
+  for name in ("results.json", "results.md", "results.csv", "config.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert res["steps"][1]["new_classes"] == [res["channel_names"][20]]
+  assert len(res["steps"][1]["metrics"]["iou"]) == 21 and len(res["steps"][0]["metrics"]["iou"]) == 20
+  record = evaluate.evaluate(workdir, 0)
+  assert record["metrics"] == res["steps"][0]["metrics"]
+  record = evaluate.evaluate(workdir)  # default: last finished step
+  assert record["metrics"] == res["steps"][1]["metrics"]
+
+
+def test_head_growth_copies_old_params(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = two_step_config(smoke_config)
+  config.schedule.inc_length = 1
+  train.run(config, workdir)
+  from incseg_jax import experiment, sharding  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(config)
+  mesh = sharding.make_mesh()
+  step0 = train.restore_teacher(exp, workdir, 0, mesh)
+  student = train._init_student(exp, 1, step0, __import__("jax").random.key(3))  # pylint: disable=protected-access
+  old = step0["params"]["classifier"]["head_0"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(student["params"]["classifier"]["head_0"]["kernel"]), np.asarray(old))
+  assert "head_1" in student["params"]["classifier"]
+
+
+class Interrupt(Exception):
+  pass
+
+
+@pytest.mark.parametrize("stop_after", [3, 5])  # mid step 0 (after a checkpoint), mid step 1
+def test_resume_after_interruption_matches_clean_run(smoke_config, tmp_path, monkeypatch, stop_after):
+  clean = train.run(two_step_config(smoke_config), str(tmp_path / "clean"))
+  workdir = str(tmp_path / "interrupted")
+  original = ts.make_train_step
+  calls = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    fn = original(*args, **kwargs)
+
+    def wrapped(*a, **k):
+      calls["n"] += 1
+      if calls["n"] > stop_after:
+        raise Interrupt()
+      return fn(*a, **k)
+
+    return wrapped
+
+  monkeypatch.setattr(ts, "make_train_step", interrupting)
+  with pytest.raises(Interrupt):
+    train.run(two_step_config(smoke_config), workdir)
+  monkeypatch.setattr(ts, "make_train_step", original)
+  resumed = train.run(two_step_config(smoke_config), workdir)
+  assert resumed["steps"] == [dict(s, seconds=r["seconds"]) for s, r in zip(clean["steps"], resumed["steps"])]
+
+
+def test_workdir_with_other_experiment_is_refused(smoke_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(two_step_config(smoke_config), workdir)
+  with pytest.raises(ValueError, match="(?s)holds a different experiment.*task: '19-1' vs '15-5'"):
+    train.run(two_step_config(smoke_config, "task=15-5,method=ft"), workdir)
+
+
+@pytest.mark.parametrize("arg, field, message", [
+    ("task=15-7", None, "Invalid scenario '15-7'"),
+    ("setting=mixed", None, "mixed"),
+    ("order=1;2;3", None, "permutation|missing"),
+    ("task=15-5", ("dataset", "name", "nope"), "not a known dataset"),
+])
+def test_bad_input_fails_before_training(smoke_config, tmp_path, arg, field, message):
+  config = smoke_config(arg)
+  if field:
+    config[field[0]][field[1]] = field[2]
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match=message):
+    train.run(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_empty_task_step_is_reported(smoke_config, tmp_path, monkeypatch):
+  from incseg_jax import experiment  # pylint: disable=g-import-not-at-top
+  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  original = pipeline.load_split
+
+  def without_class_20(builder, split):
+    s = original(builder, split)
+    if split != "train":
+      return s
+    keep = [i for i, c in enumerate(s.classes) if 20 not in c]
+    return pipeline.EncodedSplit(images=s.images[keep], labels=s.labels[keep], classes=[s.classes[i] for i in keep],
+                                 pixel_counts=s.pixel_counts[keep], ids=[s.ids[i] for i in keep])
+
+  monkeypatch.setattr(experiment.pipeline, "load_split", without_class_20)
+  with pytest.raises(ValueError, match="step 5"):
+    train.run(smoke_config("task=15-1"), str(tmp_path / "run"))
