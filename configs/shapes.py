@@ -12,7 +12,9 @@ runlocal (shrink to a seconds-long smoke run).
 Model and schedule are our choice for a 2-core CPU (no paper trains on this
 data): a width-16 ResNet with a DeepLab-v3 head at output stride 8 (8x8 maps for
 64 px images, so atrous rates 1/2/3 instead of 6/12/18, which would only sample
-padding), SGD lr 0.05 at step 0 and 0.01 at incremental steps.
+padding), SGD lr 0.1 for 1500 steps at step 0 and 0.01 for 150 steps at each incremental
+step (batch 16), tuned once on the base step (lr 0.05 -> 0.1: +3.4 mIoU; width
+24 instead of 16: no gain; see README).
 """
 
 from incseg_jax import config_lib
@@ -47,9 +49,9 @@ def get_config(arg=None):
   c.eval_batch_size = 100
 
   c.schedule.unit = "steps"
-  c.schedule.base_length = 1000
+  c.schedule.base_length = 1500
   c.schedule.inc_length = 150
-  c.schedule.base_lr = 0.05
+  c.schedule.base_lr = 0.1
   c.schedule.inc_lr = 0.01
 
   c.log_every = 50

@@ -21,6 +21,13 @@ def _pct(v) -> str:
   return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+def _classes(names: Sequence[str]) -> str:
+  """Short list for tables: all names up to 3, else 'N classes (first..last)'."""
+  if len(names) <= 3:
+    return ", ".join(names)
+  return f"{len(names)} classes ({names[0]}..{names[-1]})"
+
+
 def step_record(exp, task_index: int, metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
   """The record of one finished task step."""
   step = exp.plan.steps[task_index]
@@ -56,7 +63,7 @@ def results(exp, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def step_line(record: dict[str, Any]) -> str:
   """One console line after a task step."""
   m = record["metrics"]
-  return (f"task step {record['task_step']} (+{', '.join(record['new_classes'])}; "
+  return (f"task step {record['task_step']} (+{_classes(record['new_classes'])}; "
           f"{record['num_train_images']} images): mIoU old {_pct(m['miou_old'])}  new {_pct(m['miou_new'])}  "
           f"all {_pct(m['miou'])}  (old+bg {_pct(m['miou_old_bg'])}, PA {_pct(m['pixel_acc'])}, "
           f"mCA {_pct(m['mean_class_acc'])})")
@@ -79,7 +86,7 @@ def final_table(res: dict[str, Any]) -> str:
            "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in res["steps"]:
     m = r["metrics"]
-    row = [str(r["task_step"]), ", ".join(r["new_classes"]), str(r["num_train_images"])]
+    row = [str(r["task_step"]), _classes(r["new_classes"]), str(r["num_train_images"])]
     row += [_pct(m[k]) for _, k in _SUMMARY_COLS]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)

@@ -22,7 +22,7 @@ def cache_dir() -> str:
 def setup() -> None:
   """Compilation cache on; TensorFlow hidden from GPUs/TPUs."""
   jax.config.update("jax_compilation_cache_dir", cache_dir())
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")

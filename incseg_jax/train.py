@@ -94,11 +94,11 @@ def evaluate_step(exp: experiment_lib.Experiment, variables, task_index: int, me
 
 
 def _init_student(exp, task_index: int, teacher_vars, key) -> dict[str, Any]:
+  """Fresh variables at step 0; later, the teacher's (host copies) plus a new head."""
   model = exp.model(task_index)
-  fresh = models.init_variables(model, key, exp.config.input.crop_size)
   if teacher_vars is None:
-    return fresh
-  variables = models.grow_variables(jax.device_get(teacher_vars), jax.device_get(fresh))
+    return models.init_variables(model, key, exp.config.input.crop_size)
+  variables = models.add_head(model, jax.device_get(teacher_vars), key, exp.config.input.crop_size)
   if exp.method.head_init is not None:
     variables = exp.method.head_init(teacher_vars, variables, exp.plan.steps[task_index])
   return variables

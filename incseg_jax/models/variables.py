@@ -6,6 +6,7 @@ only ``classifier/head_k`` keeps its fresh initialisation.
 """
 
 import flax
+import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
@@ -67,3 +68,42 @@ def grow_variables(old_variables, new_variables):
                        f'{jnp.result_type(new[path])}')
     new[path] = leaf
   return traverse_util.unflatten_dict(new, sep='/')
+
+
+def add_head(model, old_variables, rng, image_size):
+  """Step k's variables from step k-1's: the old leaves plus one new head.
+
+  Only the new head ``classifier/head_k`` is initialised (with the
+  classifier's own initialisers), instead of a full ``init`` of the grown
+  model: a full init compiles the whole network once more per task step,
+  which costs seconds on CPU and minutes for ResNet-101. The result is
+  checked against the grown model's variable shapes (``jax.eval_shape``).
+
+  Args:
+    model: the grown ``SegModel`` (one more head than ``old_variables`` has).
+    old_variables: the previous step's variables (the teacher's).
+    rng: PRNG key for the new head.
+    image_size: int or (H, W), only used to trace shapes.
+
+  Returns:
+    A plain nested dict of host (NumPy) arrays, old leaves bit-identical.
+
+  Raises:
+    ValueError: ``old_variables`` is not the previous step of ``model``.
+  """
+  from incseg_jax.models.classifier import IncrementalClassifier  # pylint: disable=g-import-not-at-top
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  x = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  abstract = jax.eval_shape(lambda r, x: model.init(r, x, train=False), rng, x)
+  k = len(model.classes_per_step) - 1
+  name = f'head_{k}'
+  kernel = abstract['params']['classifier'][name]['kernel']
+  head = IncrementalClassifier((model.classes_per_step[-1],), model.dtype).init(
+      rng, jnp.zeros((1, 1, 1, kernel.shape[2]), jnp.float32))['params']['head_0']
+  new = jax.tree.map(np.asarray, flax.core.unfreeze(old_variables))
+  if name in new.get('params', {}).get('classifier', {}):
+    raise ValueError(f'old_variables already has classifier/{name}: not the previous step of this model')
+  new['params']['classifier'][name] = jax.tree.map(np.asarray, head)
+  # Reuses grow_variables' checks: same paths, shapes and dtypes as a full init.
+  return grow_variables(new, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
