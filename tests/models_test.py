@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from incseg_jax.models import SegModel, build_model, grow_variables
+from incseg_jax.models import SegModel, add_head, build_model, grow_variables
 from incseg_jax.models import init_variables
 from incseg_jax.models.segmodel import default_atrous_rates
 
@@ -153,6 +153,26 @@ def test_head_growth(decoder):
   np.testing.assert_array_equal(new_out['logits'][..., :5], old_out['logits'])
   np.testing.assert_array_equal(new_out['logits_os'][..., :5],
                                 old_out['logits_os'])
+
+
+def test_add_head_initialises_only_the_new_head():
+  old_model = _small((3, 2))
+  new_model = _small((3, 2, 4))
+  old_vars = _init(old_model, 0)
+  grown = add_head(new_model, old_vars, jax.random.key(5), SIZE)
+  full = _init(new_model, 1)
+  # Same tree, shapes and dtypes as a full init of the grown model.
+  assert jax.tree.structure(grown) == jax.tree.structure(full)
+  jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or pytest.fail("shape"), grown, full)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(old_vars):
+    got = grown
+    for k in path:
+      got = got[k.key]
+    assert np.array_equal(leaf, got), path
+  head = grown['params']['classifier']['head_2']
+  assert np.abs(head['kernel']).sum() > 0  # initialised, not zeros
+  with pytest.raises(ValueError, match='already has classifier/head_2'):
+    add_head(new_model, grown, jax.random.key(5), SIZE)
 
 
 def test_grow_variables_errors():
