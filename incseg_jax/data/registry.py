@@ -40,8 +40,13 @@ def default_data_dir() -> str:
 
 
 def _shapes(dataset_cfg) -> tuple[Any, DatasetMeta]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from incseg_jax.data import shapes  # pylint: disable=g-import-not-at-top
-  builder = shapes.build(data_dir=dataset_cfg.data_dir or default_data_dir(), config=dataset_cfg.builder_config)
+  tfds.disable_progress_bar()  # one line from us instead of redrawn bars in logs
+  data_dir = dataset_cfg.data_dir or default_data_dir()
+  if not os.path.isdir(os.path.join(data_dir, "shapes", dataset_cfg.builder_config)):
+    print(f"building the shapes dataset ({dataset_cfg.builder_config}) into {data_dir} (once)", flush=True)
+  builder = shapes.build(data_dir=data_dir, config=dataset_cfg.builder_config)
   meta = DatasetMeta(name="shapes", num_classes=shapes.NUM_CLASSES, ignore_label=shapes.IGNORE_LABEL,
                      class_names=tuple(shapes.CLASS_NAMES), palette=np.asarray(shapes.PALETTE))
   return builder, meta

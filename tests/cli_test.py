@@ -1,0 +1,48 @@
+"""The command-line entry points, run as a user would (subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def run(args, data_dir, check=True):
+  env = dict(os.environ, INCSEG_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+  if check and out.returncode:
+    raise AssertionError(f"{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+  return out
+
+
+def test_main_evaluate_compare(shapes_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  out = run(["incseg_jax.main", "--config=configs/shapes.py:task=19-1,method=ft,setting=disjoint,runlocal",
+             f"--workdir={workdir}", "--config.schedule.inc_length=1"], shapes_data_dir)
+  assert "task step 1 (+teal_circle" in out.stdout and "| step |" in out.stdout
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert res["setting"] == "disjoint" and res["steps"][1]["num_train_steps"] == 1
+  ev = run(["incseg_jax.evaluate", f"--workdir={workdir}", "--step=1", f"--json={tmp_path}/m.json"], shapes_data_dir)
+  assert "task step 1" in ev.stdout
+  with open(tmp_path / "m.json") as f:
+    assert json.load(f)["metrics"] == res["steps"][1]["metrics"]
+  cmp = run(["incseg_jax.compare", workdir], shapes_data_dir)
+  assert "mIoU base (19)" in cmp.stdout
+
+
+def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
+  cases = [
+      (["--config=configs/shapes.py:task=15-7,runlocal"], "Invalid scenario '15-7'"),
+      (["--config=configs/shapes.py:method=magic,runlocal"], "unknown method 'magic'"),
+      (["--config=configs/shapes.py:runlocal", "--config.setting=sideways"], "sideways"),
+      (["--config=configs/shapes.py:runlocal", "--config.class_order=1,2,3"], "permutation"),
+  ]
+  for args, message in cases:
+    out = run(["incseg_jax.main", f"--workdir={tmp_path}/bad", *args], shapes_data_dir, check=False)
+    assert out.returncode != 0, (args, out.stderr[-2000:])
+    assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+  out = run(["incseg_jax.evaluate", f"--workdir={tmp_path}/nothing", "--step=0"], shapes_data_dir, check=False)
+  assert out.returncode == 2 and "not a run directory" in out.stderr
