@@ -38,3 +38,21 @@ def clear_errors():
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that reports a bad config as one line, exit code 2.
+
+  ml_collections wraps an exception raised inside `get_config` (unknown
+  method, malformed argument) in a flags error whose text is a full traceback;
+  the user needs only its last line.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    cause = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+    print(f"error: {cause[-1] if cause else lines[-1] if lines else e}", file=sys.stderr, flush=True)
+    print("Pass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(2)

@@ -41,7 +41,7 @@ def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
   ]
   for args, message in cases:
     out = run(["incseg_jax.main", f"--workdir={tmp_path}/bad", *args], shapes_data_dir, check=False)
-    assert out.returncode != 0, (args, out.stderr[-2000:])
+    assert out.returncode == 2, (args, out.stderr[-2000:])
     assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
   out = run(["incseg_jax.evaluate", f"--workdir={tmp_path}/nothing", "--step=0"], shapes_data_dir, check=False)
