@@ -112,10 +112,14 @@ def _import_base_model(exp, workdir: str, mesh) -> dict[str, Any]:
     raise ValueError(f"config.init_from={src!r}: no {CONFIG_FILE} there (not a workdir of this tool)")
   with open(path) as f:
     other = config_lib.from_json(f.read())
-  fields = ("dataset", "model", "input", "seed")
+  # What makes two step-0 models interchangeable: same data, architecture and
+  # input normalisation (seed, batch size and schedule only shaped the other
+  # run's training; its step-0 classes are compared below).
   mine = config_lib.experiment_fields(exp.config)
   theirs = config_lib.experiment_fields(other)
-  differences = [d for k in fields for d in config_lib.diff({k: theirs.get(k)}, {k: mine.get(k)})]
+  pick = lambda d: {"dataset": d.get("dataset"), "model": d.get("model"),
+                    "input.mean": d.get("input", {}).get("mean"), "input.std": d.get("input", {}).get("std")}
+  differences = config_lib.diff(pick(theirs), pick(mine))
   counts = exp.train_split.pixel_counts.sum(0) if exp.train_split.pixel_counts is not None else None
   other_plan = experiment_lib.plan_only(other, exp.meta, counts)
   if other_plan.steps[0].new_classes != exp.plan.steps[0].new_classes:

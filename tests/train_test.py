@@ -122,3 +122,22 @@ def test_empty_task_step_is_reported(smoke_config, tmp_path, monkeypatch):
   monkeypatch.setattr(experiment.pipeline, "load_split", without_class_20)
   with pytest.raises(ValueError, match="step 5"):
     train.run(smoke_config("task=15-1"), str(tmp_path / "run"))
+
+
+def test_init_from_reuses_a_base_model_and_checks_it(smoke_config, tmp_path):
+  base = str(tmp_path / "base")
+  first = train.run(two_step_config(smoke_config), base)
+  config = two_step_config(smoke_config)
+  config.init_from = base
+  config.seed = 1  # would give a different step 0 if it were trained
+  second = train.run(config, str(tmp_path / "shared"))
+  assert second["steps"][0]["metrics"] == first["steps"][0]["metrics"]
+  other = two_step_config(smoke_config)
+  other.init_from = base
+  other.model.small_width = 4
+  with pytest.raises(ValueError, match="(?s)different base model.*small_width"):
+    train.run(other, str(tmp_path / "mismatch"))
+  other = two_step_config(smoke_config, "task=15-5")
+  other.init_from = base
+  with pytest.raises(ValueError, match="step-0 classes"):
+    train.run(other, str(tmp_path / "mismatch2"))
