@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from incseg_jax import checkpointing
 from incseg_jax import config_lib
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import reporting
@@ -41,14 +42,13 @@ def evaluate(workdir: str, task_index: int | None = None) -> dict:
   exp = experiment_lib.build(config)
   n = len(exp.plan.steps)
   if task_index is None:
-    finished = [k for k in range(n) if os.path.isdir(train.checkpointing.task_dir(workdir, k))
-                and train.checkpointing.is_done(workdir, k)]
+    finished = [k for k in range(n) if checkpointing.is_done(workdir, k)]
     if not finished:
       raise ValueError(f"--workdir={workdir}: no finished task step yet")
     task_index = finished[-1]
   if not 0 <= task_index < n:
     raise ValueError(f"--step={task_index}: the run has task steps 0..{n - 1}")
-  if not os.path.isdir(train.checkpointing.task_dir(workdir, task_index)):
+  if not os.path.isdir(checkpointing.task_dir(workdir, task_index)):
     raise ValueError(f"--step={task_index}: no checkpoint for this task step in {workdir}")
   mesh = sharding.make_mesh()
   variables = train.restore_teacher(exp, workdir, task_index, mesh)

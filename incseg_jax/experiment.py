@@ -15,6 +15,7 @@ import numpy as np
 
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import sharding
 from incseg_jax import tasks
 from incseg_jax.data import pipeline
 from incseg_jax.data import registry
@@ -72,9 +73,14 @@ def build(config) -> Experiment:
     ValueError: with a message naming the config field for any bad input.
   """
   method = methods.check_config(config)
-  for field in ("batch_size",):
-    if config.input[field] <= 0:
-      raise ValueError(f"config.input.{field} must be positive, got {config.input[field]}")
+  for field in ("input.batch_size", "eval_batch_size", "schedule.base_length", "schedule.inc_length"):
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value <= 0:
+      raise ValueError(f"config.{field} must be positive, got {value}")
+  sharding.check_batch_size(config.input.batch_size, "config.input.batch_size")
+  sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   builder, meta = registry.load(config.dataset)
   train_split = pipeline.load_split(builder, config.dataset.train_split)
   eval_split = pipeline.load_split(builder, config.dataset.eval_split)

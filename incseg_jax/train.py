@@ -82,7 +82,6 @@ def evaluate_step(exp: experiment_lib.Experiment, variables, task_index: int, me
   step = exp.plan.steps[task_index]
   model = exp.model(task_index)
   cfg = exp.config
-  sharding.check_batch_size(cfg.eval_batch_size, "config.eval_batch_size")
   eval_fn = ts.make_eval_step(model, step.num_channels, exp.plan.ignore_label)
   conf = np.zeros((step.num_channels, step.num_channels), np.int64)
   batches = pipeline.eval_batches(exp.eval_split, step.eval_lut, cfg.input, batch_size=cfg.eval_batch_size,
@@ -172,7 +171,6 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
   terms = [(name, float(w), dict(cfg.loss_options.get(name, {})))
            for name, w in cfg.losses.items() if w and (task_index > 0 or not losses_lib.needs_teacher(name))]
   step_fn = ts.make_train_step(student, teacher, terms, task, tx, schedule, frozen, cfg.quirks.to_dict())
-  sharding.check_batch_size(cfg.input.batch_size, "config.input.batch_size")
   batches = pipeline.train_batches(exp.train_split, exp.step_indices[task_index], step_info.train_lut, cfg.input,
                                    seed=cfg.seed, task_index=task_index, start_step=start, num_steps=num_steps,
                                    ignore_label=exp.plan.ignore_label)
