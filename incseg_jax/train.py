@@ -140,9 +140,10 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
   base_key = jax.random.fold_in(jax.random.key(cfg.seed), task_index)
   student = exp.model(task_index)
   teacher = exp.model(task_index - 1) if task_index > 0 else None
-  frozen = exp.method.frozen if task_index > 0 else ()
-
   variables = _init_student(exp, task_index, teacher_vars, jax.random.fold_in(base_key, 1 << 30))
+  frozen = tuple(exp.method.frozen) if task_index > 0 else ()
+  if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
+    frozen += models.batchnorm_prefixes(variables)
   schedule = ts.lr_schedule(exp.learning_rate(task_index), cfg.schedule.end_lr, cfg.schedule.power, num_steps)
   tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], frozen)
   state = ts.TrainState(step=np.int32(0), params=variables["params"], batch_stats=variables.get("batch_stats", {}),

@@ -107,3 +107,14 @@ def add_head(model, old_variables, rng, image_size):
   new['params']['classifier'][name] = jax.tree.map(np.asarray, head)
   # Reuses grow_variables' checks: same paths, shapes and dtypes as a full init.
   return grow_variables(new, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
+
+
+def batchnorm_prefixes(variables):
+  """Paths ('backbone/stem/bn', ...) of every BatchNorm module of a model.
+
+  Read from the ``batch_stats`` collection (every BatchNorm owns one entry
+  there, whatever its name), so freezing "all BatchNorm" does not depend on
+  naming conventions.
+  """
+  stats = traverse_util.flatten_dict(flax.core.unfreeze(variables.get('batch_stats', {})), sep='/')
+  return tuple(sorted({path.rsplit('/', 1)[0] for path in stats}))

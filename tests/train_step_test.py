@@ -1,0 +1,65 @@
+"""Tests for the jitted train step: frozen parameters, loss sum, teacher use."""
+
+import jax
+import ml_collections
+import numpy as np
+
+from incseg_jax import losses
+from incseg_jax import models
+from incseg_jax import train_step as ts
+
+MODEL = dict(backbone="resnet_small", decoder="deeplab_v3", output_stride=8, aspp_channels=8,
+             atrous_rates=(1, 2, 3), small_width=8, small_blocks=(1, 1, 1, 1))
+OPTIM = ml_collections.ConfigDict(dict(momentum=0.9, nesterov=True, weight_decay=1e-4))
+
+
+def setup(frozen_fn, bn_frozen=False):
+  cfg = ml_collections.ConfigDict(dict(MODEL, bn_frozen=bn_frozen))
+  teacher, student = models.build_model(cfg, (3,)), models.build_model(cfg, (3, 2))
+  tvars = models.init_variables(teacher, jax.random.key(0), 32)
+  svars = models.add_head(student, tvars, jax.random.key(1), 32)
+  frozen = frozen_fn(svars)
+  sched = ts.lr_schedule(0.1, 0.0, 0.9, 10)
+  tx = ts.make_optimizer(OPTIM, sched, svars["params"], frozen)
+  state = ts.TrainState(step=np.int32(0), params=svars["params"], batch_stats=svars["batch_stats"],
+                        opt_state=tx.init(svars["params"]))
+  task = losses.TaskInfo(index=1, num_channels=5, old_channels=(1, 2), new_channels=(3, 4))
+  step = ts.make_train_step(student, teacher, [("ce", 1.0, {})], task, tx, sched, frozen)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
+           "label": rng.integers(0, 5, size=(4, 32, 32)).astype(np.int32)}
+  before = jax.tree.map(np.array, {"params": state.params, "batch_stats": state.batch_stats})
+  state, metrics = step(state, tvars, batch, jax.random.key(0))
+  after = jax.tree.map(np.array, {"params": state.params, "batch_stats": state.batch_stats})
+  return before, after, frozen, metrics
+
+
+def changed(before, after):
+  flat_b = {ts.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(before)}
+  flat_a = {ts.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(after)}
+  return {k for k in flat_b if not np.array_equal(flat_b[k], flat_a[k])}, set(flat_b)
+
+
+def test_frozen_prefix_gets_no_update_and_keeps_bn_statistics():
+  before, after, _, metrics = setup(lambda v: ("backbone",))
+  diff, every = changed(before, after)
+  backbone = {k for k in every if k.split("/", 1)[1].startswith("backbone")}
+  assert backbone and not diff & backbone  # params (no decay either) and batch_stats unchanged
+  assert {k for k in every - backbone if k.startswith("params")} <= diff  # the rest trained
+  assert any(k.startswith("batch_stats/decoder") for k in diff)
+  assert np.isfinite(metrics["loss"]) and metrics["loss"] == metrics["loss_ce"]
+
+
+def test_bn_frozen_freezes_batchnorm_params_and_statistics():
+  before, after, frozen, _ = setup(models.batchnorm_prefixes, bn_frozen=True)
+  assert "backbone/stem/bn" in frozen and "decoder/bn_pool" in frozen
+  diff, every = changed(before, after)
+  bn = {k for k in every if ts.is_frozen(k.split("/", 1)[1], frozen)}
+  assert bn and not diff & bn
+  assert any("conv" in k for k in diff)
+
+
+def test_nothing_frozen_updates_everything():
+  before, after, _, _ = setup(lambda v: ())
+  diff, every = changed(before, after)
+  assert {k for k in every if k.startswith("params")} <= diff
