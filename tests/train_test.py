@@ -141,3 +141,18 @@ def test_init_from_reuses_a_base_model_and_checks_it(smoke_config, tmp_path):
   other.init_from = base
   with pytest.raises(ValueError, match="step-0 classes"):
     train.run(other, str(tmp_path / "mismatch2"))
+
+
+def test_frequency_order_and_sequential_split_on_real_data(smoke_config):
+  from incseg_jax import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(smoke_config("order=frequency,task=10-5-5,setting=sequential,labeling=background"))
+  counts = exp.train_split.pixel_counts.sum(0)[1:]
+  assert list(exp.plan.order) == sorted(range(1, 21), key=lambda c: (-counts[c - 1], c))
+  seen = [set(ix.tolist()) for ix in exp.step_indices]
+  assert all(seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+  for k, ix in enumerate(exp.step_indices):  # only seen classes, at least one new one
+    allowed = set(exp.plan.steps[k].old_classes) | set(exp.plan.steps[k].new_classes)
+    for i in ix:
+      classes = set(exp.train_split.classes[i].tolist())
+      assert classes <= allowed and classes & set(exp.plan.steps[k].new_classes)
+  assert exp.plan.steps[1].train_lut[exp.plan.steps[0].new_classes[0]] == 0  # labeling=background
