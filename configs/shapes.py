@@ -7,6 +7,9 @@ Usage:
 Config argument keys: task (scenario, e.g. 15-1, 15-5, 10-5-5, joint), method
 (e.g. ft, joint), setting (overlapped | disjoint | sequential), labeling (keep |
 background, sequential only), order (dataset | frequency | random | "3,1,..."),
+conventions (code | paper: loss options as the public code or as the
+equations are written, see docs/methods.md), protocol (ours | ilt: the first
+paper's schedule and DeepLab-v2 ResNet-101, see config_lib.apply_ilt_protocol),
 runlocal (shrink to a seconds-long smoke run).
 
 Model and schedule are our choice for a 2-core CPU (no paper trains on this
@@ -24,7 +27,7 @@ from incseg_jax import methods
 def get_config(arg=None):
   """Returns the experiment config for `arg` (see the module docstring)."""
   arg = config_lib.parse_arg(arg, task="15-1", method="ft", setting="overlapped", labeling="",
-                             order="dataset", runlocal=False)
+                             order="dataset", conventions="code", protocol="ours", runlocal=False)
   c = config_lib.base_config()
   c.dataset.name = "shapes"
   c.dataset.builder_config = "default"
@@ -57,7 +60,11 @@ def get_config(arg=None):
   c.log_every = 50
   c.checkpoint_every = 250
 
-  methods.apply_to_config(c)
+  methods.apply_to_config(c, arg.conventions)
+  if arg.protocol == "ilt":
+    config_lib.apply_ilt_protocol(c)
+  elif arg.protocol != "ours":
+    raise ValueError(f"protocol={arg.protocol!r}: expected 'ours' or 'ilt'")
   if arg.runlocal:
     config_lib.apply_runlocal(c)
   return c

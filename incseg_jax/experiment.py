@@ -53,6 +53,11 @@ class Experiment:
       return int(length * len(self.plan.steps[task_index].new_classes))
     raise ValueError(f"config.schedule.unit={s.unit!r}: expected steps, epochs or steps_per_class")
 
+  @property
+  def frozen_prefixes(self) -> tuple[str, ...]:
+    """Parameter prefixes frozen at steps > 0: the method's plus config.freeze."""
+    return tuple(dict.fromkeys(tuple(self.method.frozen) + tuple(self.config.freeze)))
+
   def learning_rate(self, task_index: int) -> float:
     return self.config.schedule.base_lr if task_index == 0 else self.config.schedule.inc_lr
 
@@ -91,9 +96,26 @@ def build(config) -> Experiment:
   step_indices = [np.asarray(ix, np.int64) for ix in tasks.step_image_indices(plan, train_split.classes)]
   image_counts = [len(ix) for ix in step_indices]
   tasks.check_nonempty(plan, image_counts)
+  exp = Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
+                   method=method, step_indices=step_indices)
+  _check_frozen(exp)
   logging.info("%s", plan.describe(meta.class_names))
   for step, n in zip(plan.steps, image_counts):
     logging.info("task step %d: %d training images, new classes %s", step.index, n,
                  [meta.class_names[c] for c in step.new_classes])
-  return Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
-                    method=method, step_indices=step_indices)
+  return exp
+
+
+def _check_frozen(exp: Experiment) -> None:
+  """Every frozen prefix must name parameters of the model (catches typos early)."""
+  if not exp.frozen_prefixes:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  from incseg_jax import train_step  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(lambda: models.init_variables(exp.model(0), jax.random.key(0), 32))
+  paths = [train_step.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract["params"])]
+  for prefix in exp.frozen_prefixes:
+    if not any(train_step.is_frozen(p, (prefix,)) for p in paths):
+      tops = sorted({"/".join(p.split("/")[:2]) for p in paths})
+      raise ValueError(f"frozen prefix {prefix!r} (method {exp.config.method!r} / config.freeze) matches no "
+                       f"parameter; parameter groups: {', '.join(tops)}")

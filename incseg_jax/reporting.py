@@ -144,24 +144,53 @@ def _mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
   return sum(vals) / len(vals) if vals else None
 
 
-def compare_table(runs: Sequence[dict[str, Any]]) -> str:
-  """Markdown: one row per run, scored at its final step, as the papers' tables.
+def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[list[str], list[list[str]]]:
+  """The first paper's table shape: one row per run, scored at its final step.
 
-  Columns "base" and "added" average the per-class IoU over the classes of the
-  first incremental run's step 0 and over every class it added afterwards
-  (e.g. 1-15 and 16-20 for 15-1), so a `joint` run is scored on the same split.
+  Rows: each run (labelled by its method), then the reference rows "M0" (the
+  first incremental run's step-0 model) and any `joint` run. Columns:
+  per-class IoU (optional), mIoU over the base classes (step 0 of the first
+  incremental run: the paper's "old"), over the classes added afterwards
+  ("new"), over all classes present (background included), mPA, mCA.
+
+  Raises:
+    ValueError: the incremental runs are not the same experiment shape
+      (dataset, scenario, setting, labeling, class order).
   """
-  incremental = [r for r in runs if len(r["steps"]) > 1] or list(runs)
-  ref = incremental[0]["steps"]
-  base = ref[0]["new_classes"]
-  added = [c for r in ref[1:] for c in r["new_classes"]]
-  head = ["run", "method", "task", "setting", f"mIoU base ({len(base)})", f"mIoU added ({len(added)})",
-          "mIoU all", "mPA", "mCA"]
+  incremental = [r for r in runs if r["task"] != "joint"]
+  if not incremental:
+    raise ValueError("compare: give at least one incremental (non-joint) run")
+  ref = incremental[0]
+  shape = lambda r: (r["dataset"], r["task"], r["setting"], r.get("labeling"), tuple(r["class_order"]))
+  for r in incremental[1:]:
+    if shape(r) != shape(ref):
+      raise ValueError(f"compare: run {r.get('workdir')} is {shape(r)[:4]}, but {ref.get('workdir')} is "
+                       f"{shape(ref)[:4]} (or a different class order): not one scenario")
+  base = ref["steps"][0]["new_classes"]
+  added = [c for st in ref["steps"][1:] for c in st["new_classes"]]
+  classes = ref["channel_names"] if per_class else []
+  head = ["method"] + list(classes) + [f"mIoU old ({len(base)})", f"mIoU new ({len(added)})", "mIoU", "mPA", "mCA"]
+
+  def row(label, m):
+    ious = dict(zip(m["class_names"], m["iou"]))
+    return ([label] + [_pct(ious.get(c)) for c in classes]
+            + [_pct(_mean_over(m, base)), _pct(_mean_over(m, added)), _pct(m["miou"]), _pct(m["pixel_acc"]),
+               _pct(m["mean_class_acc"])])
+
+  rows = [row(r["method"], r["steps"][-1]["metrics"]) for r in incremental]
+  rows.append(row("M0 (step 0)", ref["steps"][0]["metrics"]))
+  rows += [row("joint", r["steps"][-1]["metrics"]) for r in runs if r["task"] == "joint"]
+  return head, rows
+
+
+def comparison_markdown(head: list[str], rows: list[list[str]]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for res in runs:
-    m = res["steps"][-1]["metrics"]
-    row = [res.get("workdir", ""), res["method"], res["task"], res["setting"],
-           _pct(_mean_over(m, base)), _pct(_mean_over(m, added)), _pct(m["miou"]), _pct(m["pixel_acc"]),
-           _pct(m["mean_class_acc"])]
-    lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
+  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def comparison_csv(head: list[str], rows: list[list[str]]) -> str:
+  out = io.StringIO()
+  w = csv.writer(out)
+  w.writerow(head)
+  w.writerows([[("" if v == "-" else v) for v in r] for r in rows])
+  return out.getvalue()

@@ -141,7 +141,7 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
   student = exp.model(task_index)
   teacher = exp.model(task_index - 1) if task_index > 0 else None
   variables = _init_student(exp, task_index, teacher_vars, jax.random.fold_in(base_key, 1 << 30))
-  frozen = tuple(exp.method.frozen) if task_index > 0 else ()
+  frozen = exp.frozen_prefixes if task_index > 0 else ()
   if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
     frozen += models.batchnorm_prefixes(variables)
   schedule = ts.lr_schedule(exp.learning_rate(task_index), cfg.schedule.end_lr, cfg.schedule.power, num_steps)

@@ -29,7 +29,7 @@ def test_main_evaluate_compare(shapes_data_dir, tmp_path):
   with open(tmp_path / "m.json") as f:
     assert json.load(f)["metrics"] == res["steps"][1]["metrics"]
   cmp = run(["incseg_jax.compare", workdir], shapes_data_dir)
-  assert "mIoU base (19)" in cmp.stdout
+  assert "mIoU old (19)" in cmp.stdout and "M0 (step 0)" in cmp.stdout
 
 
 def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):

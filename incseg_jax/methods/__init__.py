@@ -36,10 +36,13 @@ class Method:
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
       classes are labelled in evaluation at intermediate steps.
+    options: term name -> default options of that term (copied into
+      `config.loss_options.<term>`, where the command line can override them).
     doc: one line for `--help` style listings.
   """
   name: str
   losses: Mapping[str, float]
+  options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   frozen: tuple[str, ...] = ()
   head_init: HeadInit | None = None
   joint: bool = False
@@ -50,11 +53,19 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 
+# conventions name -> term -> options that override the method's defaults.
+# "code" keeps the methods' defaults (the public code's conventions); the
+# families add their "paper" (equation-as-written) variants.
+CONVENTIONS: dict[str, dict[str, dict[str, Any]]] = {"code": {}, "paper": {}}
+
 
 def register(method: Method) -> Method:
   """Adds a method to the registry (its loss names must be registered)."""
   for term in method.losses:
     losses_lib.get(term)
+  unknown = set(method.options) - set(method.losses)
+  if unknown:
+    raise ValueError(f"method {method.name!r}: options for terms it does not use: {sorted(unknown)}")
   if method.name in _REGISTRY:
     raise ValueError(f"method {method.name!r} registered twice")
   _REGISTRY[method.name] = method
@@ -100,24 +111,41 @@ def get(name: str) -> Method:
   if len(conventions) > 1:
     raise ValueError(f"method {name!r}: parts follow different label conventions")
   void, unseen = conventions.pop() if conventions else (False, "ignore")
+  options: dict[str, Mapping[str, Any]] = {}
+  for m in ms:
+    for term, opts in m.options.items():
+      if term in options and dict(options[term]) != dict(opts):
+        raise ValueError(f"method {name!r}: parts give loss {term!r} different options")
+      options[term] = opts
   frozen = tuple(dict.fromkeys(p for m in ms for p in m.frozen))
-  return Method(name=name, losses=terms, frozen=frozen, head_init=head_inits.pop() if head_inits else None,
+  return Method(name=name, losses=terms, options=options, frozen=frozen,
+                head_init=head_inits.pop() if head_inits else None,
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
-def apply_to_config(config: ml_collections.ConfigDict) -> None:
-  """Fills `config.losses` with the method's terms (call in `get_config`).
+def apply_to_config(config: ml_collections.ConfigDict, conventions: str = "code") -> None:
+  """Fills `config.losses` / `config.loss_options` from the method (call in `get_config`).
 
-  The method is picked in the config argument so that the term weights become
-  ordinary config fields, overridable as `--config.losses.<term>=<weight>`.
+  The method is picked in the config argument so that the term weights and
+  options become ordinary config fields, overridable as
+  `--config.losses.<term>=<weight>` and `--config.loss_options.<term>.<opt>=...`.
   `joint` also sets the task to a single step with every class.
+
+  Args:
+    config: the config being built.
+    conventions: "code" (default): each term's options as in the public code
+      that produced the published numbers; "paper": as the paper's equations
+      are written (see `incseg_jax/methods/ilt.py` and docs/methods.md).
   """
   method = get(config.method)
+  if conventions not in CONVENTIONS:
+    raise ValueError(f"conventions={conventions!r}: expected one of {sorted(CONVENTIONS)}")
   with config.unlocked():
     config.losses = ml_collections.ConfigDict(dict(method.losses))
     for term in method.losses:
-      if term not in config.loss_options:
-        config.loss_options[term] = ml_collections.ConfigDict()
+      opts = dict(method.options.get(term, {}))
+      opts.update(CONVENTIONS[conventions].get(term, {}))
+      config.loss_options[term] = ml_collections.ConfigDict(opts)
     if method.joint:
       config.task = "joint"
 
@@ -146,4 +174,4 @@ def check_config(config: ml_collections.ConfigDict) -> Method:
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, ilt  # noqa: E402,F401  pylint: disable=g-import-not-at-top
