@@ -49,3 +49,40 @@ def test_check_config_catches_method_override(smoke_config):
   config.losses = {"nonexistent": 1.0}
   with pytest.raises(ValueError, match="unknown loss 'nonexistent'"):
     methods.check_config(config)
+
+
+def test_method_presets_fill_weights_and_options(smoke_config):
+  c = smoke_config("method=ef+kd_cls_t")
+  assert dict(c.losses) == {"ce": 1.0, "kd_cls_t": 1.0}
+  assert c.loss_options.kd_cls_t.temperature == 10.0 and c.loss_options.kd_cls_t.pixels == "bg_old"
+  paper = smoke_config("method=kd_enc,conventions=paper")
+  assert paper.loss_options.kd_enc.reduction == "sum"
+  assert smoke_config("method=kd_enc").loss_options.kd_enc.reduction == "mean"
+  assert methods.get("e2lf").frozen == ("backbone/stem", "backbone/stage1")
+  with pytest.raises(ValueError, match="different weights|different options"):
+    methods.get("kd_cls+ilt")
+
+
+def test_ilt_protocol_preset(shapes_data_dir):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("s", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                                  "shapes.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("protocol=ilt,method=kd_cls_t")
+  assert (c.model.backbone, c.model.decoder, c.model.output_stride, c.model.bn_frozen) == (
+      "resnet101", "deeplab_v2", 8, True)
+  assert (c.schedule.unit, c.schedule.base_lr, c.schedule.inc_lr, c.schedule.end_lr) == (
+      "steps_per_class", 1e-4, 5e-5, 1e-6)
+  assert (c.input.batch_size, c.input.crop_size, c.optim.nesterov) == (4, 321, False)
+  with pytest.raises(ValueError, match="protocol="):
+    module.get_config("protocol=unknown")
+
+
+def test_freeze_typo_is_reported_before_training(smoke_config, tmp_path):
+  from incseg_jax import train  # pylint: disable=g-import-not-at-top
+  c = smoke_config("task=19-1")
+  c.freeze = ("backbone/stage9",)
+  with pytest.raises(ValueError, match="'backbone/stage9'.*matches no parameter"):
+    train.run(c, str(tmp_path / "run"))

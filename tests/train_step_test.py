@@ -3,8 +3,10 @@
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from incseg_jax import losses
+from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import train_step as ts
 
@@ -40,13 +42,18 @@ def changed(before, after):
   return {k for k in flat_b if not np.array_equal(flat_b[k], flat_a[k])}, set(flat_b)
 
 
-def test_frozen_prefix_gets_no_update_and_keeps_bn_statistics():
-  before, after, _, metrics = setup(lambda v: ("backbone",))
+@pytest.mark.parametrize("method, frozen_groups", [
+    ("ef", ("backbone/",)),
+    ("e2lf", ("backbone/stem/", "backbone/stage1/")),
+])
+def test_method_freezing_is_exact(method, frozen_groups):
+  before, after, _, metrics = setup(lambda v: methods.get(method).frozen)
   diff, every = changed(before, after)
-  backbone = {k for k in every if k.split("/", 1)[1].startswith("backbone")}
-  assert backbone and not diff & backbone  # params (no decay either) and batch_stats unchanged
-  assert {k for k in every - backbone if k.startswith("params")} <= diff  # the rest trained
-  assert any(k.startswith("batch_stats/decoder") for k in diff)
+  frozen = {k for k in every if k.split("/", 1)[1].startswith(frozen_groups)}
+  assert frozen and not diff & frozen  # params (no decay either) and batch_stats bit-identical
+  assert any(k.startswith("batch_stats/") for k in frozen)
+  assert {k for k in every - frozen if k.startswith("params")} <= diff  # everything else trained
+  assert any(k.startswith("batch_stats/") for k in diff)
   assert np.isfinite(metrics["loss"]) and metrics["loss"] == metrics["loss_ce"]
 
 
