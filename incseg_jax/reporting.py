@@ -92,8 +92,8 @@ def final_table(res: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def per_class_table(res: dict[str, Any]) -> str:
-  """Markdown: per-class IoU (rows = classes in learning order, cols = steps)."""
+def per_class_table(res: dict[str, Any], key: str = "iou") -> str:
+  """Markdown: a per-class metric (`iou` or `acc`) by step; rows = classes in learning order."""
   names = res["channel_names"]
   steps = res["steps"]
   lines = ["| class | " + " | ".join(f"step {r['task_step']}" for r in steps) + " |",
@@ -101,23 +101,25 @@ def per_class_table(res: dict[str, Any]) -> str:
   for c, name in enumerate(names):
     row = []
     for r in steps:
-      iou = r["metrics"]["iou"]
-      row.append(_pct(iou[c]) if c < len(iou) else "")
+      values = r["metrics"][key]
+      row.append(_pct(values[c]) if c < len(values) else "")
     lines.append(f"| {name} | " + " | ".join(row) + " |")
   return "\n".join(lines)
 
 
 def to_csv(res: dict[str, Any]) -> str:
-  """CSV: one row per task step; per-class IoU columns, then the summaries."""
+  """CSV: one row per task step; per-class IoU and pixel accuracy, then the summaries."""
   names = res["channel_names"]
   out = io.StringIO()
   w = csv.writer(out)
-  w.writerow(["task_step", "num_train_images"] + [f"iou_{n}" for n in names] + [k for _, k in _SUMMARY_COLS])
+  w.writerow(["task_step", "num_train_images"] + [f"iou_{n}" for n in names] + [f"acc_{n}" for n in names]
+             + [k for _, k in _SUMMARY_COLS])
+  fmt = lambda v: "" if v is None else f"{v:.6f}"
   for r in res["steps"]:
     m = r["metrics"]
-    ious = list(m["iou"]) + [None] * (len(names) - len(m["iou"]))
-    w.writerow([r["task_step"], r["num_train_images"]] + ["" if v is None else f"{v:.6f}" for v in ious]
-               + ["" if m[k] is None else f"{m[k]:.6f}" for _, k in _SUMMARY_COLS])
+    pad = [None] * (len(names) - len(m["iou"]))
+    w.writerow([r["task_step"], r["num_train_images"]] + [fmt(v) for v in list(m["iou"]) + pad]
+               + [fmt(v) for v in list(m["acc"]) + pad] + [fmt(m[k]) for _, k in _SUMMARY_COLS])
   return out.getvalue()
 
 
@@ -132,7 +134,8 @@ def write_all(workdir: str, res: dict[str, Any]) -> None:
   """Writes results.json, results.md and results.csv (each atomically)."""
   checkpointing.write_json_atomic(os.path.join(workdir, "results.json"), res)
   _write_text(os.path.join(workdir, "results.md"),
-              final_table(res) + "\n\nPer-class IoU (%):\n\n" + per_class_table(res) + "\n")
+              final_table(res) + "\n\nPer-class IoU (%):\n\n" + per_class_table(res, "iou")
+              + "\n\nPer-class pixel accuracy (%):\n\n" + per_class_table(res, "acc") + "\n")
   _write_text(os.path.join(workdir, "results.csv"), to_csv(res))
 
 

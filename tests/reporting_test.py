@@ -46,3 +46,15 @@ def test_comparison_refuses_different_scenarios():
     reporting.comparison([a, b])
   with pytest.raises(ValueError, match="at least one incremental"):
     reporting.comparison([run("joint", task="joint", steps=[STEP0])])
+
+
+def test_results_tables_have_iou_and_accuracy_per_class():
+  m0 = dict(metrics(NAMES[:3], [0.9, 0.8, 0.6]), acc=[0.95, 0.85, 0.65])
+  m1 = dict(metrics(NAMES, [0.8, 0.1, 0.3, 0.5]), acc=[0.9, 0.2, 0.4, 0.7])
+  summary = {"miou_old": None, "miou_old_bg": 0.5, "miou_new": 0.5, "miou": 0.5}
+  res = run("ft", steps=[{"task_step": 0, "num_train_images": 3, "metrics": dict(m0, **summary)},
+                         {"task_step": 1, "num_train_images": 2, "metrics": dict(m1, **summary)}])
+  assert reporting.per_class_table(res, "acc").splitlines()[-1] == "| c |  | 70.0 |"
+  rows = reporting.to_csv(res).splitlines()
+  assert rows[0].split(",")[2:10] == ["iou_bg", "iou_a", "iou_b", "iou_c", "acc_bg", "acc_a", "acc_b", "acc_c"]
+  assert rows[1].split(",")[2:10] == ["0.900000", "0.800000", "0.600000", "", "0.950000", "0.850000", "0.650000", ""]
