@@ -90,7 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "ft"
   c.losses = ml_collections.ConfigDict()  # term name -> weight.
   c.loss_options = ml_collections.ConfigDict()  # term name -> {option: value}.
-  c.quirks = ml_collections.ConfigDict()  # named reference-code bugs, off.
+  # Named reference-code bugs (REFERENCE_NOTES.md), never on by default; each
+  # reproduces the public code exactly when set (docs/methods.md).
+  c.quirks = ml_collections.ConfigDict()
+  c.quirks.ucd_bilinear_labels = False  # UCD: bilinear label resize + int8 wrap + >20 -> 0
+  c.quirks.ucd_unshifted_negatives = False  # UCD: negatives summed before the max-shift
+  c.quirks.plop_histogram_median = False  # PLOP: median from bin indices, not counts
   # Parameter-path prefixes frozen at steps > 0 on top of the method's own
   # (e.g. ("backbone/stem",)); see incseg_jax/methods/ilt.py for EF / E2LF.
   c.freeze = ()
