@@ -27,6 +27,7 @@ from incseg_jax import config_lib
 from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import losses as losses_lib
+from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import reporting
 from incseg_jax import sharding
@@ -132,6 +133,23 @@ def _import_base_model(exp, workdir: str, mesh) -> dict[str, Any]:
   return restore_teacher(exp, src, 0, mesh)
 
 
+def _prepare(exp, task_index: int, teacher, teacher_vars, task, mesh) -> dict[str, Any]:
+  """Runs the method's `prepare` hook over one epoch of the step's training data."""
+  cfg = exp.config
+  forward = ts.make_teacher_forward(teacher)
+  epoch = -(-len(exp.step_indices[task_index]) // cfg.input.batch_size)
+
+  def batches():
+    return pipeline.train_batches(exp.train_split, exp.step_indices[task_index], exp.plan.steps[task_index].train_lut,
+                                  cfg.input, seed=cfg.seed, task_index=task_index, start_step=0, num_steps=epoch,
+                                  ignore_label=exp.plan.ignore_label)
+
+  ctx = methods.PrepareContext(teacher_forward=lambda images: forward(teacher_vars, sharding.put_batch(
+      {"image": images}, mesh)["image"]), batches=batches, task=task, options=cfg.loss_options.to_dict(),
+                               quirks=cfg.quirks.to_dict())
+  return dict(exp.method.prepare(ctx))
+
+
 def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writer, global_offset: int):
   """Trains (or resumes) one task step; returns its final variables."""
   cfg = exp.config
@@ -175,11 +193,14 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
   batches = pipeline.train_batches(exp.train_split, exp.step_indices[task_index], step_info.train_lut, cfg.input,
                                    seed=cfg.seed, task_index=task_index, start_step=start, num_steps=num_steps,
                                    ignore_label=exp.plan.ignore_label)
+  extras = None
+  if exp.method.prepare is not None and task_index > 0:
+    extras = sharding.put_replicated(_prepare(exp, task_index, teacher, teacher_vars, task, mesh), mesh)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_secs=cfg.progress_every_secs)
   t0, last = time.time(), start
   for step in range(start, num_steps):
-    state, metrics = step_fn(state, teacher_vars, sharding.put_batch(next(batches), mesh), base_key)
+    state, metrics = step_fn(state, teacher_vars, sharding.put_batch(next(batches), mesh), base_key, extras)
     done = step + 1
     report(done)
     if done % cfg.log_every == 0 or done == num_steps:

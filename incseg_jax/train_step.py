@@ -79,7 +79,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     quirks: named reference-code switches, passed to the losses.
 
   Returns:
-    `step(state, teacher_variables, batch, key) -> (state, metrics)`, jitted,
+    `step(state, teacher_variables, batch, key, extras=None) -> (state, metrics)`, jitted,
     donating `state` (so the state must not share buffers with
     `teacher_variables`: build it from host copies, as `train` does). `key` is the task step's base key; the step folds in
     its own counter, so randomness depends on (seed, task step, train step) only.
@@ -87,7 +87,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
   fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms]
   quirks = dict(quirks or {})
 
-  def step(state: TrainState, teacher_variables: Any, batch: dict, key: jax.Array):
+  def step(state: TrainState, teacher_variables: Any, batch: dict, key: jax.Array, extras: dict | None = None):
     images, labels = batch["image"], batch["label"]
     rng = jax.random.fold_in(key, state.step)
     teacher_out = None
@@ -98,7 +98,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       out, mutated = student.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": rng})
       inputs = losses_lib.LossInputs(student=out, teacher=teacher_out, labels=labels, images=images, task=task,
-                                     quirks=quirks)
+                                     quirks=quirks, extras=extras or {})
       values = {name: fn(inputs, **opts) for name, _, fn, opts in fns}
       total = sum(weight * values[name] for name, weight, _, _ in fns)
       return total, (values, mutated["batch_stats"])
@@ -115,6 +115,11 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state), metrics
 
   return jax.jit(step, donate_argnames=("state",))
+
+
+def make_teacher_forward(model: nn.Module) -> Callable:
+  """Jitted eval-mode forward `(variables, images) -> outputs dict` (for `prepare` hooks)."""
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
 
 
 def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Callable:

@@ -156,3 +156,32 @@ def test_frequency_order_and_sequential_split_on_real_data(smoke_config):
       classes = set(exp.train_split.classes[i].tolist())
       assert classes <= allowed and classes & set(exp.plan.steps[k].new_classes)
   assert exp.plan.steps[1].train_lut[exp.plan.steps[0].new_classes[0]] == 0  # labeling=background
+
+
+def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path, monkeypatch):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from incseg_jax import losses, methods  # pylint: disable=g-import-not-at-top
+  seen = {}
+
+  def prepare(ctx):
+    n = 0
+    for batch in ctx.batches():
+      out = ctx.teacher_forward(batch["image"])
+      assert out["logits"].shape[-1] == ctx.task.num_old_channels
+      n += batch["image"].shape[0]
+    seen["images"] = n
+    return {"scale": np.float32(0.0)}
+
+  def scaled_ce(inputs):
+    return inputs.extras.get("scale", 1.0) * losses.get("ce")(inputs)  # no prepare at step 0
+
+  monkeypatch.setitem(losses._REGISTRY, "test_scaled_ce", scaled_ce)  # pylint: disable=protected-access
+  monkeypatch.setitem(methods._REGISTRY, "test_prep", methods.Method(  # pylint: disable=protected-access
+      name="test_prep", losses={"ce": 1.0, "test_scaled_ce": 1.0}, prepare=prepare))
+  config = two_step_config(smoke_config)
+  with config.unlocked():
+    config.method = "test_prep"
+    config.losses = {"ce": 1.0, "test_scaled_ce": 1.0}
+  res = train.run(config, str(tmp_path / "run"))
+  assert seen["images"] >= res["steps"][1]["num_train_images"]  # one epoch of the step's data
+  assert jnp.isfinite(res["steps"][1]["metrics"]["pixel_acc"])

@@ -54,6 +54,8 @@ class LossInputs:
     images: (B, H, W, 3) normalised input images.
     task: static TaskInfo.
     quirks: the config's named reference-code switches (a plain dict).
+    extras: arrays a method computed before the task step (its `prepare`
+      hook, e.g. PLOP's per-class entropy thresholds); empty otherwise.
   """
   student: dict[str, Any]
   teacher: dict[str, Any] | None
@@ -61,6 +63,7 @@ class LossInputs:
   images: jax.Array
   task: TaskInfo
   quirks: dict[str, Any] = dataclasses.field(default_factory=dict)
+  extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def register(name: str, needs_teacher: bool = False):

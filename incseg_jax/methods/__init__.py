@@ -21,6 +21,30 @@ HeadInit = Callable[[Mapping[str, Any], Mapping[str, Any], Any], Mapping[str, An
 
 
 @dataclasses.dataclass(frozen=True)
+class PrepareContext:
+  """What a method's `prepare` hook gets before an incremental step.
+
+  Attributes:
+    teacher_forward: `images -> outputs dict` of the previous model (eval mode, jitted).
+    batches: a function returning a fresh iterator over one epoch of the step's
+      training batches ({"image", "label"} NumPy arrays, as the train step
+      sees them: same augmentation, same order as the first epoch).
+    task: the step's `losses.TaskInfo`.
+    options: `config.loss_options` as a plain dict.
+    quirks: `config.quirks` as a plain dict.
+  """
+  teacher_forward: Callable[[Any], Mapping[str, Any]]
+  batches: Callable[[], Any]
+  task: Any
+  options: Mapping[str, Any]
+  quirks: Mapping[str, Any]
+
+
+# PrepareContext -> {name: array}, passed to the losses as `inputs.extras`.
+Prepare = Callable[[PrepareContext], Mapping[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """A training recipe for incremental steps.
 
@@ -32,6 +56,9 @@ class Method:
       receive no update at steps > 0: no gradient step, no weight decay, and
       their BatchNorm statistics kept.
     head_init: optional rule that initialises the new head from the old model.
+    prepare: optional hook run once before each incremental step (resumes
+      recompute it; it must be deterministic), whose arrays reach the losses
+      as `inputs.extras`.
     joint: train all classes in one step (the upper bound); ignores the task.
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
@@ -45,6 +72,7 @@ class Method:
   options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   frozen: tuple[str, ...] = ()
   head_init: HeadInit | None = None
+  prepare: Prepare | None = None
   joint: bool = False
   void_as_background: bool = False
   unseen_eval: str = "ignore"
@@ -105,6 +133,9 @@ def get(name: str) -> Method:
   head_inits = {m.head_init for m in ms if m.head_init is not None}
   if len(head_inits) > 1:
     raise ValueError(f"method {name!r}: more than one part initialises new heads")
+  prepares = {m.prepare for m in ms if m.prepare is not None}
+  if len(prepares) > 1:
+    raise ValueError(f"method {name!r}: more than one part has a prepare hook")
   if any(m.joint for m in ms):
     raise ValueError(f"method {name!r}: 'joint' cannot be combined with other methods")
   conventions = {(m.void_as_background, m.unseen_eval) for m in ms if (m.void_as_background, m.unseen_eval) != (False, "ignore")}
@@ -120,6 +151,7 @@ def get(name: str) -> Method:
   frozen = tuple(dict.fromkeys(p for m in ms for p in m.frozen))
   return Method(name=name, losses=terms, options=options, frozen=frozen,
                 head_init=head_inits.pop() if head_inits else None,
+                prepare=prepares.pop() if prepares else None,
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
