@@ -10,9 +10,10 @@ gives no lambda_D values ("experimentally tuned"), so the weights below are:
   * spkd / spkd_avg: 100, our choice: Tung & Mori's gamma = 3000 with their
     1/B^2 normalisation is about 100-190 under Eq. 8's 1/B at batch 16-32;
   * kd_cls_t temperature 10, our choice (the paper uses 1..1000 by scenario);
-  * ilt: the MiB code's ILT (used for the second paper's tables): 100 x output
-    KD (student softmax over the old channels, all pixels) + 100 x MSE on the
-    encoder output.
+  * ilt: the MiB code's ILT (used for the second paper's tables): 100 x its
+    output KD (student log-softmax over the old channels against the old
+    softmax, averaged over classes and pixels: the `lwf` term of
+    losses/mib.py) + 100 x MSE on the encoder output.
 Options default to the public code's conventions; `conventions=paper` in the
 config argument switches to the equations as written (CONVENTIONS["paper"]).
 
@@ -46,10 +47,8 @@ register(Method(name="kd_dec", losses={"ce": 1.0, "kd_dec": 50.0}, options={"kd_
 register(Method(name="spkd", losses={"ce": 1.0, "spkd": 100.0}, doc="similarity-preserving KD (Eq. 8)"))
 register(Method(name="spkd_avg", losses={"ce": 1.0, "spkd_avg": 100.0},
                 doc="similarity-preserving KD on spatially summed features (Eq. 9)"))
-register(Method(name="ilt", losses={"ce": 1.0, "kd_cls": 100.0, "kd_enc": 100.0},
-                options={"kd_cls": {"student_softmax": "old", "pixels": "all", "reduction": "mean"},
-                         "kd_enc": _L2_CODE},
-                doc="ILT as in the MiB code: output KD + encoder L2"))
+register(Method(name="ilt", losses={"ce": 1.0, "lwf": 100.0, "kd_enc": 100.0}, options={"kd_enc": _L2_CODE},
+                doc="ILT as in the MiB code: output KD (its class-averaged KD, our `lwf` term) + encoder L2"))
 
 # The equations as written: Eq. 3/5 sum over every pixel of an image and
 # average over images; Eqs. 6/7 are squared Frobenius norms per image.
