@@ -131,7 +131,7 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
   for batch in ctx.batches():
     logits = ctx.teacher_forward(batch["image"])["logits"]
     entropy, argmax = jax.device_get(_entropy_and_argmax(logits, task.num_channels))
-    background = np.asarray(batch["label"]) != 255
+    background = plop_losses.background_mask(np.asarray(batch["label"]), n_old, task.ignore_label)
     stats.add(np.asarray(entropy, np.float32)[background], np.asarray(argmax, np.int64)[background])
   return {plop_losses.THRESHOLDS_KEY: stats.thresholds(floor)}
 
