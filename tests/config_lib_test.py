@@ -51,7 +51,7 @@ def test_check_config_catches_method_override(smoke_config):
     methods.check_config(config)
 
 
-def test_method_presets_fill_weights_and_options(smoke_config):
+def test_method_presets_fill_weights_and_options(smoke_config, monkeypatch):
   c = smoke_config("method=ef+kd_cls_t")
   assert dict(c.losses) == {"ce": 1.0, "kd_cls_t": 1.0}
   assert c.loss_options.kd_cls_t.temperature == 10.0 and c.loss_options.kd_cls_t.pixels == "bg_old"
@@ -59,8 +59,10 @@ def test_method_presets_fill_weights_and_options(smoke_config):
   assert paper.loss_options.kd_enc.reduction == "sum"
   assert smoke_config("method=kd_enc").loss_options.kd_enc.reduction == "mean"
   assert methods.get("e2lf").frozen == ("backbone/stem", "backbone/stage1")
-  with pytest.raises(ValueError, match="different label conventions"):
-    methods.get("mib+ilt")  # MiB maps void to background, ILT keeps it ignored
+  other = methods.Method(name="kd_all_pixels", losses={"ce": 1.0, "kd_cls": 1.0}, options={"kd_cls": {"pixels": "all"}})
+  monkeypatch.setitem(methods._REGISTRY, other.name, other)  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="different options"):
+    methods.get("kd_cls+kd_all_pixels")
 
 
 def test_ilt_protocol_preset(shapes_data_dir):
