@@ -172,7 +172,7 @@ def test_pod_zero_value_and_gradient_when_student_equals_teacher():
   student = dict(teacher, logits_os=jnp.concatenate([teacher["logits_os"], jnp.zeros((2, 8, 8, 2))], -1))
   task = make_task(3, 5)
   fn = lambda s: losses.get("pod")(make_inputs(s, teacher, np.zeros((2, 4, 4)), task))
-  value, grads = jax.jit(jax.value_and_grad(fn))(student)
+  value, grads = jax.value_and_grad(fn)(student)  # eager: jit may fuse the two sides differently
   assert float(value) == 0.0
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(g)) and not np.any(g), "gradient must be exactly 0 (and not NaN)"

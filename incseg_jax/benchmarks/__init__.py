@@ -1,0 +1,1 @@
+"""Benchmarks, each runnable as `python -m incseg_jax.benchmarks.<name>`."""

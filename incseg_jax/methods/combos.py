@@ -1,0 +1,21 @@
+"""Combined presets of the second paper: MiB+UCD (Eq. 17) and PLOP+UCD (Eq. 20).
+
+These are explicit presets rather than `a+b` combinations because the parts
+overlap: UCD alone carries the plain cross-entropy, which MiB replaces with
+its unbiased CE (and PLOP with its pseudo-labelled CE), and the parts follow
+different label conventions. Both follow the UCD code, which is built on the
+PLOP/MiB code bases: void stays ignored in training and not-yet-learned
+classes count as background in evaluation (REFERENCE_NOTES 10, 14).
+"""
+
+from incseg_jax.methods import Method, register
+from incseg_jax.methods import mib as mib_lib
+from incseg_jax.methods import ucd as ucd_lib
+
+register(Method(
+    name="mib_ucd",
+    losses={"unbiased_ce": 1.0, "unbiased_kd": 10.0, "ucd": ucd_lib.UCD_WEIGHT},
+    options={"ucd": dict(ucd_lib.UCD_OPTIONS)},
+    head_init=mib_lib.mib_head_init,
+    void_as_background=False, unseen_eval="background",
+    doc="MiB + UCD: unbiased CE + 10 x unbiased KD + 0.01 x UCD (Eq. 17)"))
