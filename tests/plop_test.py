@@ -436,4 +436,3 @@ def test_plop_method_preset():
   assert m.prepare is plop_method.plop_prepare and m.head_init is not None
   assert not m.void_as_background and m.unseen_eval == "background"
   assert m.options["pod"]["logits_weight"] * m.losses["pod"] == pytest.approx(0.0005)  # the code's logits factor
-  assert methods.CONVENTIONS["paper"]["pod"] == {"squared": True}

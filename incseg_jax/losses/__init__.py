@@ -105,4 +105,4 @@ def needs_teacher(name: str) -> bool:
 
 
 # Importing the families registers their terms.
-from incseg_jax.losses import ce, contrastive, features, kd, mib  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -23,8 +23,10 @@ How the public PLOP code computes it (REFERENCE_NOTES 12), which we match:
     are dropped). Per region, the mean over the width (one vector per row) and
     the mean over the height (one per column) are concatenated; all regions of
     all scales form Phi_l.
-  * The difference is the (non-squared) L2 norm per image; the UCD/PLOP
-    papers print ||.||^2, which `squared=True` gives (`conventions=paper`).
+  * The difference is the (non-squared) L2 norm per image. The papers print
+    ||.||^2, which `squared=True` gives; it is not wired to
+    `conventions=paper` because lambda_pod = 0.01 was tuned for the norm (the
+    squared distances of squared features are orders of magnitude larger).
   * The code weights each feature layer by pod_factor = 0.01 and the logits
     by 0.0005, each times sqrt(n_seen / n_new), sums, and divides by the
     number of layers; no further lambda multiplies the result.

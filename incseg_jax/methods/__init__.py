@@ -206,4 +206,4 @@ def check_config(config: ml_collections.ConfigDict) -> Method:
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ilt, mib, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ilt, mib, plop, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -8,8 +8,9 @@ PLOP/MiB code bases: void stays ignored in training and not-yet-learned
 classes count as background in evaluation (REFERENCE_NOTES 10, 14).
 """
 
-from incseg_jax.methods import Method, register
+from incseg_jax.methods import Method, get, register
 from incseg_jax.methods import mib as mib_lib
+from incseg_jax.methods import plop  # noqa: F401  pylint: disable=unused-import  (registers "plop")
 from incseg_jax.methods import ucd as ucd_lib
 
 register(Method(
@@ -19,3 +20,12 @@ register(Method(
     head_init=mib_lib.mib_head_init,
     void_as_background=False, unseen_eval="background",
     doc="MiB + UCD: unbiased CE + 10 x unbiased KD + 0.01 x UCD (Eq. 17)"))
+
+_PLOP = get("plop")
+register(Method(
+    name="plop_ucd",
+    losses=dict(_PLOP.losses, ucd=ucd_lib.UCD_WEIGHT),
+    options=dict(_PLOP.options, ucd=dict(ucd_lib.UCD_OPTIONS)),
+    head_init=_PLOP.head_init, prepare=_PLOP.prepare,
+    void_as_background=False, unseen_eval="background",
+    doc="PLOP + UCD: pseudo-labelled CE + 0.01 x Local POD + 0.01 x UCD (Eq. 20)"))

@@ -38,7 +38,7 @@ import numpy as np
 
 from incseg_jax.losses import plop as plop_losses
 from incseg_jax.losses import pod as pod_losses
-from incseg_jax.methods import CONVENTIONS, Method, PrepareContext, register
+from incseg_jax.methods import Method, PrepareContext, register
 from incseg_jax.methods.mib import mib_head_init
 
 
@@ -143,6 +143,3 @@ register(Method(
                      "class_schedule": True, "squared": False}},
     head_init=mib_head_init, prepare=plop_prepare, void_as_background=False, unseen_eval="background",
     doc="PLOP: CE on entropy pseudo-labels (nu-scaled) + 0.01 x Local POD + MiB head init"))
-
-# The equations as printed: Eq. 18's squared L2 distance.
-CONVENTIONS["paper"].update({"pod": {"squared": True}})
