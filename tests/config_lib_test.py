@@ -88,3 +88,17 @@ def test_freeze_typo_is_reported_before_training(smoke_config, tmp_path):
   c.freeze = ("backbone/stage9",)
   with pytest.raises(ValueError, match="'backbone/stage9'.*matches no parameter"):
     train.run(c, str(tmp_path / "run"))
+
+
+def test_ucd_protocol_and_the_second_papers_scenarios():
+  from incseg_jax import tasks  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  config_lib.apply_ucd_protocol(c)
+  assert (c.model.decoder, c.model.output_stride, c.input.batch_size, c.input.crop_size) == ("deeplab_v3", 16, 24, 512)
+  assert (c.schedule.unit, c.schedule.base_length, c.schedule.base_lr, c.schedule.inc_lr) == ("epochs", 30, 1e-2, 1e-3)
+  expected = {  # (scenario, foreground classes): steps
+      ("19-1", 20): (19, 1), ("15-5", 20): (15, 5), ("15-1", 20): (15, 1, 1, 1, 1, 1), ("10-10", 20): (10, 10),
+      ("10-1", 20): (10,) + (1,) * 10, ("100-50", 150): (100, 50), ("100-10", 150): (100,) + (10,) * 5,
+      ("50-50", 150): (50, 50, 50), ("13-6", 19): (13, 6), ("13-1", 19): (13,) + (1,) * 6}
+  for (task, n), steps in expected.items():
+    assert tasks.parse_scenario(task, n) == steps, task
