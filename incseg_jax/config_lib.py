@@ -243,18 +243,46 @@ def experiment_fields(c: ml_collections.ConfigDict) -> dict:
   return d
 
 
-def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-  """Lists the dotted paths where two nested config dicts differ."""
+def diff(a: dict, b: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+  """Lists the dotted paths where two nested config dicts differ.
+
+  Args:
+    a: the saved config (as a dict).
+    b: the current config.
+    prefix: path prefix for the messages.
+    defaults: the default config as a dict; a field absent from `a` (saved by
+      an older version that did not have it) counts as equal when `b` holds
+      its default value.
+
+  Returns:
+    One "path: a vs b" line per difference.
+  """
   out = []
+  defaults = defaults or {}
   for key in sorted(set(a) | set(b)):
     path = f"{prefix}{key}"
+    if key not in a and key in b and key in defaults and _strip(b[key], defaults[key]) is None:
+      continue
     if key not in a or key not in b:
       out.append(f"{path}: {a.get(key, '<absent>')!r} vs {b.get(key, '<absent>')!r}")
     elif isinstance(a[key], dict) and isinstance(b[key], dict):
-      out.extend(diff(a[key], b[key], path + "."))
+      sub = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
+      out.extend(diff(a[key], b[key], path + ".", sub))
     elif a[key] != b[key]:
       out.append(f"{path}: {a[key]!r} vs {b[key]!r}")
   return out
+
+
+def _strip(value, default):
+  """None when `value` equals `default` (recursively for dicts), else `value`."""
+  if isinstance(value, dict) and isinstance(default, dict):
+    return None if all(k in default and _strip(v, default[k]) is None for k, v in value.items()) else value
+  return None if value == default else value
+
+
+def defaults_dict() -> dict:
+  """The default config as a plain dict (for `diff`)."""
+  return experiment_fields(base_config())
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

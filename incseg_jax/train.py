@@ -49,7 +49,7 @@ def check_workdir(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = config_lib.experiment_fields(config_lib.from_json(f.read()))
-    differences = config_lib.diff(saved, config_lib.experiment_fields(config))
+    differences = config_lib.diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict())
     if differences:
       raise ValueError(f"workdir {workdir} holds a different experiment ({path}); differing fields "
                        f"(saved vs now):\n  " + "\n  ".join(differences) +

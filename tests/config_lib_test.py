@@ -102,3 +102,13 @@ def test_ucd_protocol_and_the_second_papers_scenarios():
       ("50-50", 150): (50, 50, 50), ("13-6", 19): (13, 6), ("13-1", 19): (13,) + (1,) * 6}
   for (task, n), steps in expected.items():
     assert tasks.parse_scenario(task, n) == steps, task
+
+
+def test_fields_added_by_a_newer_version_do_not_make_a_different_experiment(smoke_config):
+  now = config_lib.experiment_fields(smoke_config("task=15-5"))
+  saved = {k: v for k, v in now.items() if k != "freeze"}
+  saved["quirks"] = {}
+  assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == []
+  now["quirks"]["ucd_bilinear_labels"] = True  # a non-default value is a difference
+  assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == [
+      "quirks.ucd_bilinear_labels: '<absent>' vs True"]
