@@ -10,7 +10,7 @@ background, sequential only), order (dataset | frequency | random | "3,1,..."),
 conventions (code | paper: loss options as the public code or as the
 equations are written, see docs/methods.md), protocol (ours | ilt | ucd: the first
 paper's schedule and DeepLab-v2 ResNet-101, or the second paper's DeepLab-v3
-ResNet-101 setup; see config_lib.apply_ilt_protocol / apply_ucd_protocol),
+ResNet-101 setup; see config_lib.PROTOCOLS),
 runlocal (shrink to a seconds-long smoke run).
 
 Model and schedule are our choice for a 2-core CPU (no paper trains on this
@@ -62,12 +62,7 @@ def get_config(arg=None):
   c.checkpoint_every = 250
 
   methods.apply_to_config(c, arg.conventions)
-  if arg.protocol == "ilt":
-    config_lib.apply_ilt_protocol(c)
-  elif arg.protocol == "ucd":
-    config_lib.apply_ucd_protocol(c)
-  elif arg.protocol != "ours":
-    raise ValueError(f"protocol={arg.protocol!r}: expected 'ours', 'ilt' or 'ucd'")
+  config_lib.apply_protocol(c, arg.protocol)
   if arg.runlocal:
     config_lib.apply_runlocal(c)
   return c

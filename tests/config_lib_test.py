@@ -93,7 +93,7 @@ def test_freeze_typo_is_reported_before_training(smoke_config, tmp_path):
 def test_ucd_protocol_and_the_second_papers_scenarios():
   from incseg_jax import tasks  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
-  config_lib.apply_ucd_protocol(c)
+  config_lib.apply_protocol(c, "ucd")
   assert (c.model.decoder, c.model.output_stride, c.input.batch_size, c.input.crop_size) == ("deeplab_v3", 16, 24, 512)
   assert (c.schedule.unit, c.schedule.base_length, c.schedule.base_lr, c.schedule.inc_lr) == ("epochs", 30, 1e-2, 1e-3)
   expected = {  # (scenario, foreground classes): steps
