@@ -173,7 +173,9 @@ def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path, monkeyp
     return {"scale": np.float32(0.0)}
 
   def scaled_ce(inputs):
-    return inputs.extras.get("scale", 1.0) * losses.get("ce")(inputs)  # no prepare at step 0
+    # No prepare at step 0; after it the extras must be there (KeyError otherwise).
+    scale = inputs.extras["scale"] if inputs.teacher is not None else 1.0
+    return scale * losses.get("ce")(inputs)
 
   monkeypatch.setitem(losses._REGISTRY, "test_scaled_ce", scaled_ce)  # pylint: disable=protected-access
   monkeypatch.setitem(methods._REGISTRY, "test_prep", methods.Method(  # pylint: disable=protected-access
