@@ -78,6 +78,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ""  # "" -> $INCSEG_DATA_DIR or ~/tensorflow_datasets.
   c.dataset.train_split = "train"
   c.dataset.eval_split = "val"
+  # Real datasets: the publisher's directory (tfds manual_dir), read once to
+  # build the records into data_dir; see incseg_jax/data/folder.py.
+  c.dataset.manual_dir = ""
+  c.dataset.skip_bad_records = False  # leave unusable records out (counted) instead of failing
+  # ADE20K / Cityscapes: label 0 is "void/other"; "background" trains and
+  # evaluates it as the background channel (PLOP/UCD), "ignore" drops it (MiB).
+  c.dataset.void = "background"
 
   # Task plan (see incseg_jax/tasks.py).
   c.task = "15-1"
@@ -109,6 +116,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.small_width = 16
   c.model.small_blocks = (1, 1, 1, 1)
   c.model.bn_frozen = False
+  c.model.activation = "relu"  # relu | leaky_relu (in-place-ABN ImageNet weights use leaky ReLU 0.01)
+
+  # ImageNet-pretrained backbone weights (.pth with torch installed, .npz,
+  # .safetensors; torchvision or in-place-ABN layout): see models/pretrained.py.
+  c.pretrained = ""
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 24  # global, split over devices / hosts.
@@ -138,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.power = 0.9
 
   c.init_from = ""  # another run's workdir: reuse its step-0 model.
+  # A non-finite loss or gradient: "stop" the run naming the step and term, or
+  # "skip" the batch (no update; counted as train/skipped_batches).
+  c.nonfinite = "stop"
   c.log_every = 50
   c.checkpoint_every = 500  # train steps between periodic checkpoints.
   c.progress_every_secs = 30.0
