@@ -131,6 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.mean = (0.485, 0.456, 0.406)  # ImageNet statistics, RGB in [0, 1].
   c.input.std = (0.229, 0.224, 0.225)
   c.eval_batch_size = 24
+  # Evaluation is at original resolution, padded with the ignore label: 0 = one
+  # padded shape (the split's largest H and W); > 0 = group images by size
+  # rounded up to this multiple (one compiled shape per group).
+  c.eval_bucket = 0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.momentum = 0.9
@@ -295,3 +299,56 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
   return ml_collections.ConfigDict(fix(json.loads(text)))
 
+
+
+def dataset_config(arg: str | None, *, dataset: str, protocol: str, task: str, order: str = "dataset",
+                   builder_config: str = "default", train_split: str = "train", eval_split: str = "val",
+                   task_aliases: dict[str, str] | None = None, eval_bucket: int = 0, eval_batch_size: int = 0,
+                   protocol_overrides: dict[str, dict[str, Any]] | None = None) -> ml_collections.ConfigDict:
+  """The experiment config of a real dataset (shared by configs/voc.py etc.).
+
+  Args:
+    arg: the config argument (`task=15-1,method=mib,...`; keys as in
+      configs/shapes.py plus `manual_dir` and `data_dir`).
+    dataset: registry name.
+    protocol: default training protocol ("ucd" or "ilt", see PROTOCOLS).
+    task: default scenario.
+    order: default class order.
+    builder_config: the dataset builder's config ("auto" lets VOC pick SBD).
+    train_split: training split name.
+    eval_split: evaluation split name.
+    task_aliases: scenario names of a paper mapped to ours (e.g. MSRC's
+      "20-1" is our "19-1").
+    eval_bucket: see base_config (0 = one padded evaluation shape).
+    eval_batch_size: evaluation batch size (0 = the protocol's batch size).
+    protocol_overrides: protocol name -> {"section.field": value} applied
+      after that protocol (e.g. ADE20K's 60 epochs under "ucd").
+
+  Returns:
+    The config; `runlocal` shrinks model and schedule but keeps the dataset.
+  """
+  from incseg_jax import methods  # pylint: disable=g-import-not-at-top  (lazy: methods pulls in jax)
+  arg = parse_arg(arg, task=task, method="ft", setting="overlapped", labeling="", order=order,
+                  conventions="code", protocol=protocol, manual_dir="", data_dir="", runlocal=False)
+  c = base_config()
+  c.dataset.name = dataset
+  c.dataset.builder_config = builder_config
+  c.dataset.train_split = train_split
+  c.dataset.eval_split = eval_split
+  c.dataset.manual_dir = arg.manual_dir
+  c.dataset.data_dir = arg.data_dir
+  c.task = (task_aliases or {}).get(arg.task, arg.task)
+  c.method = arg.method
+  c.setting = arg.setting
+  c.labeling = arg.labeling
+  c.class_order = arg.order.replace(";", ",")
+  methods.apply_to_config(c, arg.conventions)
+  apply_protocol(c, arg.protocol)
+  for path, value in (protocol_overrides or {}).get(arg.protocol, {}).items():
+    section, field = path.split(".")
+    c[section][field] = value
+  c.eval_bucket = eval_bucket
+  c.eval_batch_size = eval_batch_size or c.input.batch_size
+  if arg.runlocal:
+    apply_runlocal(c)
+  return c

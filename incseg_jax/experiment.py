@@ -62,13 +62,45 @@ class Experiment:
     return self.config.schedule.base_lr if task_index == 0 else self.config.schedule.inc_lr
 
 
+VOID_CHOICES = ("background", "ignore")
+
+
 def plan_only(config, meta: registry.DatasetMeta, pixel_counts=None) -> tasks.TaskPlan:
-  """The task plan of `config` (training-set pixel counts needed for frequency order)."""
+  """The task plan of `config` (training-set pixel counts needed for frequency order).
+
+  A class order named in `meta.named_orders` (a published order such as VOC's
+  "ilt_frequency") is replaced by its explicit list. With
+  `config.dataset.void="ignore"` on a dataset whose label 0 is void, label 0
+  is ignored in training and evaluation (MiB's ADE20K convention) instead of
+  being the background channel.
+  """
   method = methods.get(config.method)
-  return tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
-                         order=config.class_order, seed=config.order_seed, pixel_counts=pixel_counts,
+  order = meta.named_orders.get(config.class_order, config.class_order)
+  plan = tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
+                         order=order, seed=config.order_seed, pixel_counts=pixel_counts,
                          ignore_label=meta.ignore_label, void_as_background=method.void_as_background,
                          unseen_eval=method.unseen_eval)
+  void = config.dataset.get("void", "background")
+  if void not in VOID_CHOICES:
+    raise ValueError(f"config.dataset.void={void!r}: expected one of {', '.join(VOID_CHOICES)}")
+  if void == "ignore":
+    if not meta.void_is_zero:
+      raise ValueError(f"config.dataset.void='ignore': label 0 of dataset {meta.name!r} is a real class "
+                       f"({meta.class_names[0]!r}), not void; only datasets with a void label 0 "
+                       "(ade20k, cityscapes) accept it")
+    plan = dataclasses.replace(plan, steps=tuple(_ignore_zero(step, meta.ignore_label) for step in plan.steps))
+  return plan
+
+
+def _ignore_zero(step: tasks.TaskStep, ignore_label: int) -> tasks.TaskStep:
+  """`step` with raw label 0 mapped to the ignore label in both LUTs."""
+  luts = {}
+  for name in ("train_lut", "eval_lut"):
+    lut = np.array(getattr(step, name))
+    lut[0] = ignore_label
+    lut.setflags(write=False)
+    luts[name] = lut
+  return dataclasses.replace(step, **luts)
 
 
 def build(config) -> Experiment:

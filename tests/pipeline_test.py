@@ -76,3 +76,43 @@ def test_eval_batches_pad_with_ignore():
   assert len(batches) == 2
   last = batches[-1]["label"]
   assert (last[1:] == 255).all() and not (last[0] == 255).all()  # 5 images -> 3 blank slots
+
+
+def variable_split(sizes):
+  """An encoded split whose example i is sizes[i] (H, W), label = i + 1 everywhere."""
+  rng = np.random.default_rng(1)
+  images, labels = [], []
+  for i, (h, w) in enumerate(sizes):
+    images.append(tf.io.encode_jpeg(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).numpy())
+    labels.append(tf.io.encode_png(np.full((h, w, 1), i + 1, np.uint8)).numpy())
+  return pipeline.EncodedSplit(images=np.asarray(images, object), labels=np.asarray(labels, object),
+                               classes=[np.array([i + 1]) for i in range(len(sizes))], pixel_counts=None,
+                               ids=[f"v{i}" for i in range(len(sizes))], sizes=np.asarray(sizes))
+
+
+@pytest.mark.parametrize("bucket", [0, 16])
+def test_eval_at_original_resolution_counts_every_pixel_once(bucket):
+  # Variable sizes: every real pixel appears exactly once with its label, the
+  # padding is all ignore, and the shapes are the split max or the buckets.
+  sizes = [(20, 30), (33, 17), (20, 30), (8, 40), (31, 31)]
+  split = variable_split(sizes)
+  shapes = pipeline.eval_shapes(split, bucket)
+  if bucket == 0:
+    assert {tuple(s) for s in shapes} == {(33, 40)}
+  else:
+    np.testing.assert_array_equal(shapes, [(32, 32), (48, 32), (32, 32), (16, 48), (32, 32)])
+  lut = np.arange(256, dtype=np.uint8)
+  batches = list(pipeline.eval_batches(split, lut, input_cfg(), batch_size=2, ignore_label=255, bucket=bucket))
+  counts = np.zeros(256, np.int64)
+  for b in batches:
+    assert b["label"].shape[1:] == b["image"].shape[1:3]
+    counts += np.bincount(b["label"].ravel(), minlength=256)
+  for i, (h, w) in enumerate(sizes):
+    assert counts[i + 1] == h * w
+  assert counts[1:255].sum() == sum(h * w for h, w in sizes)
+
+
+def test_eval_shapes_of_a_fixed_size_dataset_come_from_the_first_image():
+  split = fake_split(n=2, size=24)  # like `shapes`: no per-example sizes stored
+  assert split.sizes is None
+  np.testing.assert_array_equal(pipeline.eval_shapes(split), [(24, 24), (24, 24)])

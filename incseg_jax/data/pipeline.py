@@ -30,12 +30,14 @@ class EncodedSplit:
     classes: per example, the stored array of foreground class ids present.
     pixel_counts: (N, num_classes) int64 pixel count per class id, or None.
     ids: example ids.
+    sizes: (N, 2) int (height, width) per example, or None (fixed-size data).
   """
   images: np.ndarray
   labels: np.ndarray
   classes: list[np.ndarray]
   pixel_counts: np.ndarray | None
   ids: list[str]
+  sizes: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.images)
@@ -48,19 +50,21 @@ def load_split(builder, split: str) -> EncodedSplit:
                      f"(has: {', '.join(builder.info.splits)})")
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()})
-  keys = [k for k in ("image", "label", "classes", "pixel_counts", "id") if k in ds.element_spec]
+  keys = [k for k in ("image", "label", "classes", "pixel_counts", "size", "id") if k in ds.element_spec]
   ds = ds.map(lambda ex: {k: ex[k] for k in keys})
   # Batched reads (one example at a time costs ~2 ms each in eager mode);
   # the variable-length class lists are padded with -1 and stripped below.
   pads = {k: tf.constant(-1 if k == "classes" else 0, ds.element_spec[k].dtype) if ds.element_spec[k].dtype.is_integer
           else tf.constant("", tf.string) for k in keys}
-  images, labels, classes, counts, ids = [], [], [], [], []
+  images, labels, classes, counts, sizes, ids = [], [], [], [], [], []
   for ex in tfds.as_numpy(ds.padded_batch(1024, padding_values=pads)):
     images.extend(ex["image"])
     labels.extend(ex["label"])
     classes.extend(np.asarray(c[c >= 0], np.int64) for c in ex["classes"])
     if "pixel_counts" in ex:
       counts.extend(ex["pixel_counts"])
+    if "size" in ex:
+      sizes.extend(ex["size"])
     ids.extend(i.decode() for i in ex["id"])
   if not images:
     raise ValueError(f"split {split!r} of dataset {builder.info.name} is empty")
@@ -68,7 +72,8 @@ def load_split(builder, split: str) -> EncodedSplit:
   order = np.argsort(np.asarray(ids), kind="stable")
   return EncodedSplit(images=np.asarray(images, dtype=object)[order], labels=np.asarray(labels, dtype=object)[order],
                       classes=[classes[i] for i in order],
-                      pixel_counts=np.stack(counts)[order] if counts else None, ids=[ids[i] for i in order])
+                      pixel_counts=np.stack(counts)[order] if counts else None, ids=[ids[i] for i in order],
+                      sizes=np.stack(sizes)[order] if sizes else None)
 
 
 def sample_sequence(indices: np.ndarray, *, seed: int, task_index: int, start: int, stop: int) -> np.ndarray:
@@ -149,7 +154,8 @@ def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: f
 
 
 def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, input_cfg, *, seed: int,
-                  task_index: int, start_step: int, num_steps: int, ignore_label: int) -> Iterator[dict]:
+                  task_index: int, start_step: int, num_steps: int, ignore_label: int,
+                  threads: int | None = None) -> Iterator[dict]:
   """Yields this host's training batches for train steps [start_step, num_steps).
 
   Args:
@@ -162,6 +168,8 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     start_step: first train step to produce (resume point).
     num_steps: total train steps of the task step.
     ignore_label: void label.
+    threads: parallel decode/augment calls (None: tf.data autotunes); the
+      batches are the same for any value.
 
   Yields:
     {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}.
@@ -189,18 +197,45 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     return {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
 
   ds = tf.data.Dataset.from_tensor_slices((seq, positions))
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    ds = ds.with_options(options)
+  ds = ds.map(load, num_parallel_calls=threads or tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(lbs, drop_remainder=True).prefetch(2)
   return iter(tfds.as_numpy(ds))
 
 
-def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size: int, ignore_label: int,
-                 pad_to: tuple[int, int] | None = None) -> Iterator[dict]:
-  """Yields this host's evaluation batches over the whole split, in id order.
+def eval_shapes(split: EncodedSplit, bucket: int = 0) -> np.ndarray:
+  """The padded (H, W) each example of a split is evaluated at.
 
-  Every image is padded (bottom/right) to a fixed size with the ignore label,
-  and the last batch is filled with all-ignore images, so the jitted eval step
-  sees one shape and padded pixels never count.
+  Args:
+    split: the evaluation split.
+    bucket: 0 pads every image to the split's largest height and width (one
+      compiled shape); > 0 rounds each image's size up to a multiple of
+      `bucket` (a few shapes, less padding for datasets with very different
+      sizes).
+
+  Returns:
+    (N, 2) int array.
+  """
+  if split.sizes is None:  # fixed-size dataset: the first image's size
+    first, _ = _decode(split.images[0], split.labels[0])
+    return np.tile(np.asarray(first.shape[:2], np.int64), (len(split), 1))
+  sizes = np.asarray(split.sizes, np.int64)
+  if bucket <= 0:
+    return np.tile(sizes.max(axis=0), (len(split), 1))
+  return -(-sizes // bucket) * bucket
+
+
+def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size: int, ignore_label: int,
+                 bucket: int = 0) -> Iterator[dict]:
+  """Yields this host's evaluation batches over the whole split at original resolution.
+
+  Images are never resized: each is padded (bottom/right) with the ignore
+  label to its group's fixed shape (see `eval_shapes`), and each group's last
+  batch is filled with all-ignore images, so the jitted eval step sees one
+  shape per group and padded pixels never count in the metrics.
 
   Args:
     split: the encoded evaluation split.
@@ -208,17 +243,23 @@ def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size:
     input_cfg: `config.input` (normalisation).
     batch_size: global eval batch size.
     ignore_label: void label.
-    pad_to: (H, W) to pad to; default the size of the first image (fixed-size
-      datasets). An image larger than pad_to is an error.
+    bucket: see `eval_shapes`.
 
   Yields:
     {"image": float32 (B_local, H, W, 3), "label": int32 (B_local, H, W)}.
   """
-  n = len(split)
+  shapes = eval_shapes(split, bucket)
+  for shape in sorted({tuple(int(d) for d in s) for s in shapes}):
+    members = np.flatnonzero((shapes == np.asarray(shape)).all(axis=1))
+    yield from _padded_batches(split, members, lut, input_cfg, batch_size=batch_size,
+                               ignore_label=ignore_label, pad_to=shape)
+
+
+def _padded_batches(split: EncodedSplit, members: np.ndarray, lut: np.ndarray, input_cfg, *, batch_size: int,
+                    ignore_label: int, pad_to: tuple[int, int]) -> Iterator[dict]:
+  """Batches of the examples `members`, each padded to `pad_to`."""
+  n = len(members)
   lbs = batch_size // jax.process_count()
-  if pad_to is None:
-    first, _ = _decode(split.images[0], split.labels[0])
-    pad_to = tuple(int(d) for d in first.shape[:2])
   ph, pw = pad_to
   total = -(-n // batch_size) * batch_size
   positions = np.arange(total)
@@ -229,12 +270,14 @@ def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size:
   blank_lbl = tf.io.encode_png(tf.fill([1, 1, 1], tf.constant(ignore_label, tf.uint8))).numpy()
 
   def fetch(p):
-    return (images[p], labels[p]) if p < n else (blank_img, blank_lbl)
+    return (images[members[p]], labels[members[p]]) if p < n else (blank_img, blank_lbl)
 
   def load(p):
     image_b, label_b = tf.numpy_function(fetch, [p], (tf.string, tf.string), stateful=False)
     image, label = _decode(image_b, label_b)
     label = tf.gather(lut_t, tf.cast(label, tf.int32))
+    tf.debugging.assert_equal(tf.shape(image)[:2], tf.shape(label)[:2],
+                              message="eval image and mask differ in size")
     tf.debugging.assert_less_equal(tf.shape(image)[:2], tf.constant([ph, pw]),
                                    message=f"eval image larger than the padded size {pad_to}")
     image = _normalise(image, input_cfg.mean, input_cfg.std)
@@ -245,4 +288,4 @@ def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size:
 
   ds = tf.data.Dataset.from_tensor_slices(positions).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                           deterministic=True)
-  return iter(tfds.as_numpy(ds.batch(lbs, drop_remainder=True).prefetch(2)))
+  yield from tfds.as_numpy(ds.batch(lbs, drop_remainder=True).prefetch(2))
