@@ -118,6 +118,7 @@ def build(config) -> Experiment:
       raise ValueError(f"config.{field} must be positive, got {value}")
   sharding.check_batch_size(config.input.batch_size, "config.input.batch_size")
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+  _check_pretrained(config)
   builder, meta = registry.load(config.dataset)
   train_split = pipeline.load_split(builder, config.dataset.train_split)
   eval_split = pipeline.load_split(builder, config.dataset.eval_split)
@@ -136,6 +137,17 @@ def build(config) -> Experiment:
     logging.info("task step %d: %d training images, new classes %s", step.index, n,
                  [meta.class_names[c] for c in step.new_classes])
   return exp
+
+
+def _check_pretrained(config) -> None:
+  """Checks `config.pretrained` fully (file, layout, names, shapes) before any data or training."""
+  path = config.get("pretrained", "")
+  if path:
+    from incseg_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.validate(path, config.model)
+  elif config.dataset.name != "shapes" and config.model.backbone != "resnet_small":
+    print(f"note: {config.model.backbone} starts from random weights; both papers start from ImageNet "
+          "weights (--config.pretrained=/path/to/resnet.npz, see README)", flush=True)
 
 
 def _check_frozen(exp: Experiment) -> None:

@@ -94,7 +94,8 @@ def open_image(path: str) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()  # decodes now: a truncated or corrupt file fails here
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
-    raise BadRecord(f"cannot decode {path}: {type(e).__name__}: {e}") from None
+    reason = "not a recognised image format" if type(e).__name__ == "UnidentifiedImageError" else f"{type(e).__name__}: {e}"
+    raise BadRecord(f"cannot decode {path}: {reason}") from None
   image.info["_bytes"] = data
   return image
 
@@ -248,6 +249,9 @@ def prepare(builder_cls, *, data_dir: str, manual_dir: str, config: str | None =
         f"point it at the dataset's directory:\n{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"config.dataset.manual_dir={manual_dir!r}: directory not found")
+  if not os.listdir(manual_dir):
+    raise FileNotFoundError(f"config.dataset.manual_dir={manual_dir!r} is empty; expected:\n"
+                            f"{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   print(f"building {builder_cls.name} ({builder.builder_config.name if builder.builder_config else 'default'}) "
         f"from {manual_dir} into {data_dir} (once)", flush=True)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

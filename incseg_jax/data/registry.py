@@ -75,7 +75,7 @@ def _folder_loader(module_name: str) -> Callable[[Any], tuple[Any, DatasetMeta]]
     module = importlib.import_module(f"incseg_jax.data.{module_name}")
     data_dir = dataset_cfg.data_dir or default_data_dir()
     manual_dir = os.path.expanduser(dataset_cfg.manual_dir) if dataset_cfg.manual_dir else ""
-    config = module.resolve_config(manual_dir, dataset_cfg.builder_config)
+    config = module.resolve_config(manual_dir, dataset_cfg.builder_config, data_dir=data_dir)
     builder = folder.prepare(module.Builder, data_dir=data_dir, manual_dir=manual_dir, config=config,
                              skip_bad_records=dataset_cfg.skip_bad_records)
     skipped = dict(builder.info.metadata.get("skipped_records", {}) or {})
