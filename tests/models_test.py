@@ -270,6 +270,7 @@ def test_build_model():
     ('backbone', 'resnet152', r'backbone.*resnet152'),
     ('decoder', 'deeplab_v3plus', r'decoder.*deeplab_v3plus'),
     ('output_stride', 4, r'output_stride=4'),
+    ('activation', 'gelu', r"activation='gelu'"),
 ])
 def test_build_model_errors(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -281,3 +282,20 @@ def test_build_model_bad_classes():
     build_model(_cfg(), ())
   with pytest.raises(ValueError, match='classes_per_step'):
     build_model(_cfg(), (3, 0))
+
+
+def test_activation():
+  """model.activation reaches every backbone nonlinearity; default ReLU."""
+  cfg = _cfg()
+  assert build_model(cfg, (3,)).activation == 'relu'  # old configs lack it
+  model = build_model(_cfg(activation='leaky_relu'), (3,))
+  assert model.activation == 'leaky_relu'
+  x = jax.random.normal(jax.random.key(0), (1, SIZE, SIZE, 3))
+  out, variables = model.init_with_output(jax.random.key(1), x, train=False)
+  for s, p in zip(out['stages'], out['stages_pre']):
+    np.testing.assert_allclose(s, jnp.where(p >= 0, p, 0.01 * p), rtol=1e-6)
+  assert float(out['stages'][3].min()) < 0
+  # Same parameters either way: only the nonlinearity differs.
+  relu_out = build_model(cfg, (3,)).apply(variables, x, train=False)
+  assert jax.tree.structure(relu_out) == jax.tree.structure(out)
+  assert not np.allclose(relu_out['encoder'], out['encoder'])

@@ -15,8 +15,14 @@ OS16 sets stage4 to stride 1 / dilation 2, OS8 sets stage3 to stride 1 /
 dilation 2 and stage4 to stride 1 / dilation 4. Every block of a dilated stage
 uses the stage's dilation (the inplace-ABN/MiB convention; torchvision instead
 keeps the previous dilation in the first block of the stage).
+
+``activation`` is the nonlinearity after every BatchNorm that is not followed
+by the residual add, and after the add: 'relu' (torchvision) or 'leaky_relu'
+(negative slope 0.01, what in-place-ABN's ImageNet ResNets, and hence
+MiB/PLOP/UCD, use in those same places).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -32,6 +38,22 @@ _STAGE_LAYOUT = {
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
 }
 OUTPUT_STRIDES = tuple(sorted(_STAGE_LAYOUT))
+
+# in-place-ABN's default (activation_param=0.01), used by MiB/PLOP/UCD.
+LEAKY_RELU_SLOPE = 0.01
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'leaky_relu': functools.partial(nn.leaky_relu,
+                                    negative_slope=LEAKY_RELU_SLOPE),
+}
+
+
+def activation_fn(name: str):
+  """The elementwise nonlinearity called ``name`` (see ``ACTIVATIONS``)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f'model.activation={name!r} is unknown; expected one of '
+                     f'{sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
 
 
 def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
@@ -68,21 +90,23 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(relu(out), out)``; the pre-ReLU sum is what PLOP distils."""
+    """Returns ``(act(out), out)``; PLOP distils the pre-activation ``out``."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
+    act = activation_fn(self.activation)
     s, d = self.stride, self.dilation
     y = conv(self.features, 3, s, d, name='conv1', **kw)(x)
-    y = nn.relu(bn('bn1')(y))
+    y = act(bn('bn1')(y))
     y = conv(self.features, 3, 1, self.dilation, name='conv2', **kw)(y)
     y = bn('bn2')(y)
     shortcut = _shortcut(x, self.features, self.stride, bn, self.dtype)
     pre = y + shortcut
-    return nn.relu(pre), pre
+    return act(pre), pre
 
 
 class Bottleneck(nn.Module):
@@ -93,24 +117,26 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(relu(out), out)``; the pre-ReLU sum is what PLOP distils."""
+    """Returns ``(act(out), out)``; PLOP distils the pre-activation ``out``."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
+    act = activation_fn(self.activation)
     out_features = self.features * self.expansion
     y = conv(self.features, 1, name='conv1', **kw)(x)
-    y = nn.relu(bn('bn1')(y))
+    y = act(bn('bn1')(y))
     s, d = self.stride, self.dilation
     y = conv(self.features, 3, s, d, name='conv2', **kw)(y)
-    y = nn.relu(bn('bn2')(y))
+    y = act(bn('bn2')(y))
     y = conv(out_features, 1, name='conv3', **kw)(y)
     y = bn('bn3')(y)
     shortcut = _shortcut(x, out_features, self.stride, bn, self.dtype)
     pre = y + shortcut
-    return nn.relu(pre), pre
+    return act(pre), pre
 
 
 def _shortcut(x, out_features, stride, bn, dtype):
@@ -135,12 +161,13 @@ class Stem(nn.Module):
   kernel: int = 7
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x, train):
     x = conv(self.features, self.kernel, 2, name='conv', dtype=self.dtype)(x)
     x = batch_norm(train, self.bn_frozen, name='bn', dtype=self.dtype)(x)
-    x = nn.relu(x)
+    x = activation_fn(self.activation)(x)
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -154,16 +181,17 @@ class Stage(nn.Module):
   dilation: int = 1
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(output, pre_relu_output_of_last_block)``."""
+    """Returns ``(output, pre_activation_output_of_last_block)``."""
     pre = None
     for i in range(self.num_blocks):
       x, pre = _BLOCKS[self.block](
           self.features, stride=self.stride if i == 0 else 1,
           dilation=self.dilation, bn_frozen=self.bn_frozen, dtype=self.dtype,
-          name=f'block{i}')(x, train)
+          activation=self.activation, name=f'block{i}')(x, train)
     return x, pre
 
 
@@ -179,6 +207,7 @@ class ResNet(nn.Module):
     bn_frozen: if True, BatchNorm always uses (and never updates) running
       statistics.
     dtype: computation dtype (params stay float32).
+    activation: 'relu' or 'leaky_relu' (slope 0.01), see module doc.
   """
 
   block: str = 'bottleneck'
@@ -188,6 +217,7 @@ class ResNet(nn.Module):
   output_stride: int = 16
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -198,22 +228,24 @@ class ResNet(nn.Module):
       train: selects batch statistics in BatchNorm (unless ``bn_frozen``).
 
     Returns:
-      Dict with ``stages`` (4 post-ReLU stage outputs), ``stages_pre`` (the
-      same before the last block's final ReLU) and ``encoder`` (= stages[-1]).
+      Dict with ``stages`` (4 post-activation stage outputs), ``stages_pre``
+      (the same before the last block's final activation) and ``encoder``
+      (= stages[-1]).
     """
     if self.output_stride not in _STAGE_LAYOUT:
       raise ValueError(f'output_stride must be one of {OUTPUT_STRIDES}, '
                        f'got {self.output_stride}')
     if len(self.stage_sizes) != 4:
       raise ValueError(f'stage_sizes needs 4 entries, got {self.stage_sizes}')
+    activation_fn(self.activation)  # fail early, naming the field
     strides, dilations = _STAGE_LAYOUT[self.output_stride]
     x = Stem(self.width, self.stem_kernel, self.bn_frozen, self.dtype,
-             name='stem')(x, train)
+             self.activation, name='stem')(x, train)
     stages, stages_pre = [], []
     for i in range(4):
       x, pre = Stage(self.block, self.stage_sizes[i], self.width * 2**i,
                      strides[i], dilations[i], self.bn_frozen, self.dtype,
-                     name=f'stage{i + 1}')(x, train)
+                     self.activation, name=f'stage{i + 1}')(x, train)
       stages.append(x)
       stages_pre.append(pre)
     return {'stages': tuple(stages), 'stages_pre': tuple(stages_pre),

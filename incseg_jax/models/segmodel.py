@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from incseg_jax.models.classifier import IncrementalClassifier
 from incseg_jax.models.deeplab import ASPPv2, ASPPv3
-from incseg_jax.models.resnet import BACKBONES, OUTPUT_STRIDES
+from incseg_jax.models.resnet import ACTIVATIONS, BACKBONES, OUTPUT_STRIDES
 
 DECODERS = ('deeplab_v3', 'deeplab_v2')
 
@@ -47,6 +47,8 @@ class SegModel(nn.Module):
     bn_frozen: BatchNorm never uses batch statistics nor updates batch_stats.
     aspp_dropout: dropout after the v3 projection (needs a 'dropout' rng).
     dtype: computation dtype; logits are returned as float32.
+    activation: backbone nonlinearity, 'relu' or 'leaky_relu' (slope 0.01,
+      what in-place-ABN ImageNet weights were trained with).
   """
 
   backbone: str = 'resnet101'
@@ -60,6 +62,7 @@ class SegModel(nn.Module):
   bn_frozen: bool = False
   aspp_dropout: float = 0.0
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -75,9 +78,9 @@ class SegModel(nn.Module):
       (B, h, w, N) at the output stride and ``logits`` (B, H, W, N) bilinearly
       upsampled to the input size, N = sum(classes_per_step).
     """
-    _validate(self.backbone, self.decoder, self.output_stride)
+    _validate(self.backbone, self.decoder, self.output_stride, self.activation)
     kw = dict(output_stride=self.output_stride, bn_frozen=self.bn_frozen,
-              dtype=self.dtype, name='backbone')
+              dtype=self.dtype, activation=self.activation, name='backbone')
     if self.backbone == 'resnet_small':
       kw.update(width=self.small_width, blocks=tuple(self.small_blocks))
     out = dict(BACKBONES[self.backbone](**kw)(x, train))
@@ -102,7 +105,7 @@ class SegModel(nn.Module):
     return out
 
 
-def _validate(backbone, decoder, output_stride):
+def _validate(backbone, decoder, output_stride, activation='relu'):
   """Raises ValueError naming the offending field."""
   if backbone not in BACKBONES:
     raise ValueError(f'model.backbone={backbone!r} is unknown; expected one '
@@ -113,6 +116,9 @@ def _validate(backbone, decoder, output_stride):
   if output_stride not in OUTPUT_STRIDES:
     raise ValueError(f'model.output_stride={output_stride!r} is not supported; '
                      f'expected one of {OUTPUT_STRIDES}')
+  if activation not in ACTIVATIONS:
+    raise ValueError(f'model.activation={activation!r} is unknown; expected '
+                     f'one of {sorted(ACTIVATIONS)}')
 
 
 def build_model(model_cfg, classes_per_step) -> SegModel:
@@ -123,20 +129,22 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
       ``decoder``, ``output_stride`` and optionally ``aspp_channels`` (256),
       ``atrous_rates`` (None), ``small_width`` (16), ``small_blocks``
       ((1, 1, 1, 1)), ``bn_frozen`` (False), ``aspp_dropout`` (0.0), ``dtype``
-      (float32).
+      (float32), ``activation`` ('relu').
     classes_per_step: classes added at each step up to the current one.
 
   Returns:
     The (unbound) model.
 
   Raises:
-    ValueError: unknown backbone/decoder, unsupported output stride or bad
-      ``classes_per_step``.
+    ValueError: unknown backbone/decoder/activation, unsupported output stride
+      or bad ``classes_per_step``.
   """
   get = lambda name, default: getattr(model_cfg, name, default)
   backbone, decoder = get('backbone', None), get('decoder', None)
   output_stride = get('output_stride', None)
-  _validate(backbone, decoder, output_stride)
+  # Old configs have no model.activation: they meant torchvision's ReLU.
+  activation = get('activation', 'relu')
+  _validate(backbone, decoder, output_stride, activation)
   classes = tuple(int(c) for c in classes_per_step)
   if not classes or min(classes) < 1:
     raise ValueError(f'classes_per_step={tuple(classes_per_step)} must be a '
@@ -151,4 +159,5 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
       small_blocks=tuple(int(b) for b in get('small_blocks', (1, 1, 1, 1))),
       bn_frozen=bool(get('bn_frozen', False)),
       aspp_dropout=float(get('aspp_dropout', 0.0)),
-      dtype=jnp.dtype(get('dtype', 'float32')))
+      dtype=jnp.dtype(get('dtype', 'float32')),
+      activation=str(activation))
