@@ -72,15 +72,9 @@ def find_root(manual_dir: str) -> str:
 
 
 def resolve_config(manual_dir: str, requested: str, *, data_dir: str | None = None) -> str:
-  """The builder config to use; ADE20K has only "default".
-
-  Raises:
-    ValueError: another config name was requested.
-  """
+  """The builder config to use: there is only "default" (see folder.single_config)."""
   del manual_dir, data_dir  # one config: nothing to inspect
-  if (requested or "").strip().lower() not in ("auto", "", "default"):
-    raise ValueError(f"ADE20K: unknown builder config {requested!r}; valid: default or auto")
-  return "default"
+  return folder.single_config("ADE20K", requested)
 
 
 def _stems(directory: str, ext: str) -> dict[str, str]:

@@ -76,20 +76,9 @@ _LUT = _label_id_lut()
 
 
 def resolve_config(manual_dir: str, requested: str, *, data_dir: str | None = None) -> str:
-  """The builder config to use: Cityscapes has the single config "default".
-
-  Args:
-    manual_dir: the dataset directory (unused: there is nothing to choose).
-    requested: "", "auto" or "default" (case and surrounding spaces ignored).
-    data_dir: the tfds data dir (unused; accepted like the other datasets).
-
-  Raises:
-    ValueError: any other name (the message lists the valid ones).
-  """
+  """The builder config to use: there is only "default" (see folder.single_config)."""
   del manual_dir, data_dir  # one config: nothing to inspect
-  if (requested or "").strip().lower() in ("", "auto", "default"):
-    return "default"
-  raise ValueError(f"{NAME}: unknown builder config {requested!r}; valid: 'default' (or '' / 'auto')")
+  return folder.single_config(NAME, requested)
 
 
 def find_root(manual_dir: str) -> str:

@@ -84,6 +84,17 @@ def require_dir(path: str, what: str) -> str:
   return path
 
 
+def single_config(dataset: str, requested: str | None) -> str:
+  """The builder config of a dataset that has only "default" ("", "auto" accepted too).
+
+  Raises:
+    ValueError: another name (the message lists the valid ones).
+  """
+  if (requested or "").strip().lower() in ("", "auto", "default"):
+    return "default"
+  raise ValueError(f"{dataset}: unknown builder config {requested!r}; valid: 'default' (or '' / 'auto')")
+
+
 def open_image(path: str) -> Image.Image:
   """Opens and fully decodes an image file, raising BadRecord on any failure."""
   if not os.path.isfile(path):
