@@ -295,6 +295,9 @@ def test_activation():
   for s, p in zip(out['stages'], out['stages_pre']):
     np.testing.assert_allclose(s, jnp.where(p >= 0, p, 0.01 * p), rtol=1e-6)
   assert float(out['stages'][3].min()) < 0
+  # The v3 ASPP follows it too: every branch output has negative values.
+  for branch in out['aspp_branches']:
+    assert float(branch.min()) < 0
   # Same parameters either way: only the nonlinearity differs.
   relu_out = build_model(cfg, (3,)).apply(variables, x, train=False)
   assert jax.tree.structure(relu_out) == jax.tree.structure(out)

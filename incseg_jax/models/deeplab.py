@@ -11,13 +11,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from incseg_jax.models.resnet import KAIMING_NORMAL, batch_norm, conv
+from incseg_jax.models.resnet import KAIMING_NORMAL, activation_fn, batch_norm, conv
 
 
 class ASPPv3(nn.Module):
   """DeepLab-v3 Atrous Spatial Pyramid Pooling.
 
-  Five branches of ``channels`` each, all with BN + ReLU: a 1x1 conv, three
+  Five branches of ``channels`` each, all with BN + ReLU (or leaky ReLU): a 1x1 conv, three
   3x3 atrous convs (``rates``) and image pooling (global average pool, 1x1
   conv, BN, ReLU, broadcast back to the feature size). They are concatenated
   and projected by a 1x1 conv + BN + ReLU to ``channels`` = the pre-logits.
@@ -32,6 +32,8 @@ class ASPPv3(nn.Module):
       ``train`` and > 0); 0 disables it.
     bn_frozen: BatchNorm always uses running statistics when True.
     dtype: computation dtype.
+    activation: the nonlinearity after every BN ('relu'; 'leaky_relu' as
+      MiB's in-place-ABN head, used with the in-place-ABN backbone).
   """
 
   channels: int = 256
@@ -39,24 +41,26 @@ class ASPPv3(nn.Module):
   dropout: float = 0.0
   bn_frozen: bool = False
   dtype: Any = jnp.float32
+  activation: str = 'relu'
 
   @nn.compact
   def __call__(self, x, train: bool):
     """Args: x (B, h, w, C) encoder features; train. Returns the output dict."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
-    branches = [nn.relu(bn('bn_1x1')(conv(self.channels, 1, name='conv_1x1',
-                                          **kw)(x)))]
+    act = activation_fn(self.activation)
+    branches = [act(bn('bn_1x1')(conv(self.channels, 1, name='conv_1x1',
+                                      **kw)(x)))]
     for i, rate in enumerate(self.rates):
       y = conv(self.channels, 3, dilation=rate, name=f'conv_atrous{i}', **kw)(x)
-      branches.append(nn.relu(bn(f'bn_atrous{i}')(y)))
+      branches.append(act(bn(f'bn_atrous{i}')(y)))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = conv(self.channels, 1, name='conv_pool', **kw)(pooled)
-    pooled = nn.relu(bn('bn_pool')(pooled))
+    pooled = act(bn('bn_pool')(pooled))
     branches.append(jnp.broadcast_to(pooled, branches[0].shape))
     y = jnp.concatenate(branches, axis=-1)
-    y = nn.relu(bn('bn_project')(conv(self.channels, 1, name='conv_project',
-                                      **kw)(y)))
+    y = act(bn('bn_project')(conv(self.channels, 1, name='conv_project',
+                                  **kw)(y)))
     if self.dropout > 0:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return {'aspp_branches': tuple(branches), 'pre_logits': y}

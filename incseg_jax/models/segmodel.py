@@ -47,8 +47,9 @@ class SegModel(nn.Module):
     bn_frozen: BatchNorm never uses batch statistics nor updates batch_stats.
     aspp_dropout: dropout after the v3 projection (needs a 'dropout' rng).
     dtype: computation dtype; logits are returned as float32.
-    activation: backbone nonlinearity, 'relu' or 'leaky_relu' (slope 0.01,
-      what in-place-ABN ImageNet weights were trained with).
+    activation: nonlinearity of the backbone and the v3 ASPP, 'relu' or
+      'leaky_relu' (slope 0.01: in-place-ABN ImageNet weights were trained with
+      it, and MiB's head uses it too).
   """
 
   backbone: str = 'resnet101'
@@ -90,7 +91,7 @@ class SegModel(nn.Module):
       rates = default_atrous_rates(self.decoder, self.output_stride)
     if self.decoder == 'deeplab_v3':
       dec = ASPPv3(self.aspp_channels, tuple(rates), self.aspp_dropout,
-                   self.bn_frozen, self.dtype, name='decoder')
+                   self.bn_frozen, self.dtype, self.activation, name='decoder')
     else:
       dec = ASPPv2(self.aspp_channels, tuple(rates), self.dtype, name='decoder')
     out.update(dec(out['encoder'], train))
