@@ -53,7 +53,9 @@ def evaluate(workdir: str, task_index: int | None = None) -> dict:
   mesh = sharding.make_mesh()
   variables = train.restore_teacher(exp, workdir, task_index, mesh)
   metrics = train.evaluate_step(exp, variables, task_index, mesh)
-  record = reporting.step_record(exp, task_index, metrics, train_seconds=0.0)
+  done = checkpointing.read_done(workdir, task_index) if checkpointing.is_done(workdir, task_index) else {}
+  record = reporting.step_record(exp, task_index, metrics, train_seconds=0.0,
+                                 skipped_batches=done.get("skipped_batches", 0))
   res = reporting.results(exp, [record])
   print(reporting.step_line(record))
   print(reporting.per_class_table(res))

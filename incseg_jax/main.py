@@ -1,7 +1,10 @@
 """Runs an incremental-segmentation experiment.
 
   python -m incseg_jax.main --config=configs/shapes.py:task=15-5,method=ft \
-      --workdir=/tmp/run1 [--config.<field>=<value> ...]
+      --workdir=/tmp/run1 [--config.<field>=<value> ...] [--allow_config_change]
+
+Rerunning the same command resumes (after a crash or a kill, too). A workdir
+saved under another config is refused unless --allow_config_change is given.
 """
 
 from absl import app
@@ -10,10 +13,12 @@ from absl import logging
 from ml_collections import config_flags
 
 from incseg_jax import runtime
-from incseg_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue a workdir saved under a different config: the old config.json is kept "
+    "as config.<n>.json; checkpoints of another model or class split are still refused.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,8 +28,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   runtime.setup()
+  # Imported here so that a bad flag is reported before TensorFlow and orbax load.
+  from incseg_jax import train  # pylint: disable=g-import-not-at-top
   with runtime.clear_errors():
-    train.run(_CONFIG.value, _WORKDIR.value)
+    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def _classes(names: Sequence[str]) -> str:
   return f"{len(names)} classes ({names[0]}..{names[-1]})"
 
 
-def step_record(exp, task_index: int, metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
-  """The record of one finished task step."""
+def step_record(exp, task_index: int, metrics: dict[str, Any], train_seconds: float,
+                skipped_batches: int = 0) -> dict[str, Any]:
+  """The record of one finished task step.
+
+  `seconds` is the only timing field (it differs between identical runs);
+  `skipped_batches` counts batches left out as non-finite (config.nonfinite=skip).
+  """
   step = exp.plan.steps[task_index]
   names = exp.meta.class_names
   return {
@@ -41,6 +46,7 @@ def step_record(exp, task_index: int, metrics: dict[str, Any], train_seconds: fl
       "num_train_images": int(len(exp.step_indices[task_index])),
       "num_train_steps": int(exp.num_train_steps(task_index)),
       "seconds": round(float(train_seconds), 2),
+      "skipped_batches": int(skipped_batches),
       "metrics": metrics,
   }
 

@@ -9,7 +9,9 @@ code 2 instead of a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import sys
 
 import jax
@@ -32,10 +34,20 @@ def setup() -> None:
 
 @contextlib.contextmanager
 def clear_errors():
-  """Reports ValueError / FileNotFoundError / FloatingPointError as one line, exit 2."""
+  """Reports expected failures as one line (their message), exit code 2.
+
+  Expected: ValueError (bad config or data, mismatched checkpoint),
+  FileNotFoundError, FloatingPointError (non-finite loss) and a full disk
+  (OSError ENOSPC). Anything else is a bug and keeps its traceback.
+  """
   try:
     yield
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -53,6 +65,35 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     cause = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
-    print(f"error: {cause[-1] if cause else lines[-1] if lines else e}", file=sys.stderr, flush=True)
+    message = _wrong_type(str(e), flags.FLAGS) or (cause[-1] if cause else lines[-1] if lines else e)
+    print(f"error: {message}", file=sys.stderr, flush=True)
     print("Pass --helpfull to see the flags.", file=sys.stderr)
     sys.exit(2)
+  except (KeyError, AttributeError) as e:
+    # ml_collections raises these (with a traceback) for an override of a
+    # field the config does not have.
+    key = str(e).strip("\"' ")
+    args = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith("." + key)]
+    where = args[0] if args else f"a --config.<...>.{key} override"
+    hint = " (options exist only for the loss terms of the chosen method)" if "loss_options" in where else ""
+    print(f"error: {where}: the config has no field {key!r} there{hint}; pass --helpfull to see the fields",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# absl's text for a value its parser rejects: "flag --name=value: reason".
+_BAD_VALUE = re.compile(r"^flag --([\w.]+)=(.*?): ", re.S)
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+               "tuple": "a tuple"}
+
+
+def _wrong_type(text: str, flag_values) -> str | None:
+  """'--config.seed=1.5: config.seed expects an integer' for a rejected value, else None."""
+  m = _BAD_VALUE.match(text)
+  if not m or m.group(1) not in flag_values:
+    return None
+  name, value = m.group(1), m.group(2)
+  kind = flag_values[name].flag_type()
+  if kind not in _TYPE_NAMES:  # e.g. the config file flag: its own message says more
+    return None
+  return f"--{name}={value}: {name} expects {_TYPE_NAMES[kind]}, got {value!r}"

@@ -5,6 +5,11 @@ One `jax.jit` computes the teacher forward (previous step's variables, under
 weighted sum of the configured loss terms, the student's gradients and the
 optimizer update. Parameters and BatchNorm statistics under a frozen prefix
 are not updated at all (no gradient step, no weight decay, statistics kept).
+
+The step also guards itself: when any loss term, the total or the gradient
+norm is not finite, it keeps params, optimizer state and BatchNorm statistics
+as they were, counts the batch in `state.skipped` and reports `finite=False`
+in its metrics; the host decides whether to stop or go on (`config.nonfinite`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,20 @@ from incseg_jax import losses as losses_lib
 
 
 class TrainState(struct.PyTreeNode):
-  """Everything that changes during training of one task step."""
+  """Everything that changes during training of one task step.
+
+  Attributes:
+    step: train steps taken (skipped batches included).
+    params: the student's parameters.
+    batch_stats: its BatchNorm statistics.
+    opt_state: the optimizer's state.
+    skipped: batches left out because a loss or the gradient was not finite.
+  """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  skipped: jax.Array = 0
 
 
 def path_str(path) -> str:
@@ -83,6 +97,8 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     donating `state` (so the state must not share buffers with
     `teacher_variables`: build it from host copies, as `train` does). `key` is the task step's base key; the step folds in
     its own counter, so randomness depends on (seed, task step, train step) only.
+    `metrics` holds `loss`, `loss_<term>`, `grad_norm`, `lr`, `skipped_batches`
+    and `finite` (False: the update was not applied, see the module doc).
   """
   fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms]
   quirks = dict(quirks or {})
@@ -104,15 +120,36 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       return total, (values, mutated["batch_stats"])
 
     (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if frozen:
-      # BatchNorm statistics are not parameters: keep the frozen ones explicitly.
-      mask = frozen_mask(new_stats, frozen)
-      new_stats = jax.tree.map(lambda m, old, new: old if m else new, mask, state.batch_stats, new_stats)
-    metrics = {"loss": total, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    for v in values.values():
+      finite &= jnp.all(jnp.isfinite(v))
+
+    # The update sits inside the cond's branch, so XLA fuses it as it did
+    # before the guard existed (a select after it changed the fusion and with
+    # it the low bits of every result); a skipped batch costs no update.
+    def update(operands):
+      grads, new_stats, params, opt_state, stats = operands
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      if frozen:
+        # BatchNorm statistics are not parameters: keep the frozen ones explicitly.
+        mask = frozen_mask(new_stats, frozen)
+        new_stats = jax.tree.map(lambda m, old, new: old if m else new, mask, stats, new_stats)
+      return params, opt_state, new_stats
+
+    def keep(operands):
+      _, _, params, opt_state, stats = operands
+      return params, opt_state, stats
+
+    params, opt_state, new_stats = jax.lax.cond(finite, update, keep,
+                                                (grads, new_stats, state.params, state.opt_state, state.batch_stats))
+    skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
+    metrics = {"loss": total, "grad_norm": grad_norm, "lr": schedule(state.step), "skipped_batches": skipped,
+               "finite": finite}
     metrics.update({f"loss_{k}": v for k, v in values.items()})
-    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state,
+                         skipped=skipped), metrics
 
   return jax.jit(step, donate_argnames=("state",))
 

@@ -30,6 +30,14 @@ def test_main_evaluate_compare(shapes_data_dir, tmp_path):
     assert json.load(f)["metrics"] == res["steps"][1]["metrics"]
   cmp = run(["incseg_jax.compare", workdir], shapes_data_dir)
   assert "mIoU old (19)" in cmp.stdout and "M0 (step 0)" in cmp.stdout
+  # Another seed on the finished workdir: accepted with the flag (refusal
+  # without it: train_test), the old config kept; finished steps are reused.
+  again = run(["incseg_jax.main", "--config=configs/shapes.py:task=19-1,method=ft,setting=disjoint,runlocal",
+               f"--workdir={workdir}", "--config.schedule.inc_length=1", "--config.seed=5", "--allow_config_change"],
+              shapes_data_dir)
+  assert "config changed" in again.stdout and "seed: 0 vs 5" in again.stdout
+  with open(os.path.join(workdir, "config.1.json")) as f:
+    assert json.load(f)["seed"] == 0
 
 
 def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
@@ -38,11 +46,18 @@ def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
       (["--config=configs/shapes.py:method=magic,runlocal"], "unknown method 'magic'"),
       (["--config=configs/shapes.py:runlocal", "--config.setting=sideways"], "sideways"),
       (["--config=configs/shapes.py:runlocal", "--config.class_order=1,2,3"], "permutation"),
+      (["--config=configs/shapes.py:runlocal", "--config.input.batch_size=abc"],
+       "--config.input.batch_size=abc: config.input.batch_size expects an integer, got 'abc'"),
+      (["--config=configs/shapes.py:runlocal", "--config.seed=1.5"],
+       "--config.seed=1.5: config.seed expects an integer, got '1.5'"),
+      (["--config=configs/shapes.py:runlocal", "--config.loss_options.ce.weight=2"],
+       "--config.loss_options.ce.weight: the config has no field 'weight' there"),
   ]
   for args, message in cases:
     out = run(["incseg_jax.main", f"--workdir={tmp_path}/bad", *args], shapes_data_dir, check=False)
     assert out.returncode == 2, (args, out.stderr[-2000:])
     assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    assert len([ln for ln in out.stderr.splitlines() if ln.startswith("error:")]) == 1, out.stderr[-2000:]
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
   out = run(["incseg_jax.evaluate", f"--workdir={tmp_path}/nothing", "--step=0"], shapes_data_dir, check=False)
   assert out.returncode == 2 and "not a run directory" in out.stderr

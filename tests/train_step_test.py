@@ -1,6 +1,7 @@
-"""Tests for the jitted train step: frozen parameters, loss sum, teacher use."""
+"""Tests for the jitted train step: frozen parameters, loss sum, teacher use, non-finite guard."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from incseg_jax import losses
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import train
 from incseg_jax import train_step as ts
 
 MODEL = dict(backbone="resnet_small", decoder="deeplab_v3", output_stride=8, aspp_channels=8,
@@ -70,3 +72,64 @@ def test_nothing_frozen_updates_everything():
   before, after, _, _ = setup(lambda v: ())
   diff, every = changed(before, after)
   assert {k for k in every if k.startswith("params")} <= diff
+
+
+class _NoCheckpoint:
+  directory = "/nowhere"
+
+  @staticmethod
+  def latest_step():
+    return None
+
+
+def guarded_step(terms, images_fn=lambda x: x):
+  """One train step of a small model; returns (state before, state after, metrics as NumPy)."""
+  cfg = ml_collections.ConfigDict(dict(MODEL, bn_frozen=False))
+  model = models.build_model(cfg, (3,))
+  variables = models.init_variables(model, jax.random.key(0), 32)
+  sched = ts.lr_schedule(0.1, 0.0, 0.9, 10)
+  tx = ts.make_optimizer(OPTIM, sched, variables["params"], ())
+  state = ts.TrainState(step=np.int32(0), params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=tx.init(variables["params"]), skipped=np.int32(0))
+  task = losses.TaskInfo(index=0, num_channels=3, old_channels=(), new_channels=(1, 2))
+  step = ts.make_train_step(model, None, terms, task, tx, sched)
+  rng = np.random.default_rng(0)
+  batch = {"image": images_fn(rng.normal(size=(2, 32, 32, 3)).astype(np.float32)),
+           "label": rng.integers(0, 3, size=(2, 32, 32)).astype(np.int32)}
+  before = jax.tree.map(np.array, state)
+  after, metrics = step(state, None, batch, jax.random.key(0))
+  return before, jax.tree.map(np.array, after), jax.device_get(metrics)
+
+
+def assert_unchanged_but_counted(before, after):
+  for name in ("params", "batch_stats", "opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(before, name), getattr(after, name))
+  assert int(after.step) == 1 and int(after.skipped) == 1
+
+
+def test_nonfinite_loss_leaves_the_state_unchanged_and_is_named():
+  def nan_at_pixel(x):
+    x[0, 0, 0, 0] = np.nan
+    return x
+
+  before, after, metrics = guarded_step([("ce", 1.0, {})], nan_at_pixel)
+  assert not metrics["finite"] and metrics["skipped_batches"] == 1
+  assert_unchanged_but_counted(before, after)
+  message = train.nonfinite_message(metrics, 2, 7, _NoCheckpoint())
+  assert message.startswith("task step 2, train step 7: non-finite loss term(s) ce (")
+  assert "no checkpoint of this task step was written" in message and "--config.nonfinite=skip" in message
+
+
+def test_nonfinite_gradient_alone_is_named_gradient(monkeypatch):
+  # sqrt at 0: the value is finite (0), its gradient is not (inf * 0 = NaN).
+  monkeypatch.setitem(losses._REGISTRY, "test_nan_grad",  # pylint: disable=protected-access
+                      lambda inputs: jnp.sqrt(0.0 * inputs.student["logits"].sum()))
+  before, after, metrics = guarded_step([("ce", 1.0, {}), ("test_nan_grad", 1.0, {})])
+  assert np.isfinite(metrics["loss"]) and not np.isfinite(metrics["grad_norm"]) and not metrics["finite"]
+  assert_unchanged_but_counted(before, after)
+  assert "non-finite gradient (all loss terms finite)" in train.nonfinite_message(metrics, 1, 3, _NoCheckpoint())
+
+
+def test_finite_step_counts_nothing():
+  _, after, metrics = guarded_step([("ce", 1.0, {})])
+  assert metrics["finite"] and int(after.skipped) == 0 and metrics["skipped_batches"] == 0

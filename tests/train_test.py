@@ -1,4 +1,4 @@
-"""End-to-end tests of the task loop: run, evaluate, resume, refuse bad input."""
+"""End-to-end tests of the task loop: run, evaluate, resume, guard, refuse bad input."""
 
 import json
 import os
@@ -6,14 +6,20 @@ import os
 import numpy as np
 import pytest
 
+from incseg_jax import checkpointing
 from incseg_jax import evaluate
 from incseg_jax import train
 from incseg_jax import train_step as ts
+from incseg_jax.data import pipeline
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
 
 
 def read_results(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
+  return read_json(os.path.join(workdir, "results.json"))
 
 
 def two_step_config(smoke_config, arg="task=19-1,method=ft"):
@@ -83,32 +89,96 @@ def test_resume_after_interruption_matches_clean_run(smoke_config, tmp_path, mon
   assert resumed["steps"] == [dict(s, seconds=r["seconds"]) for s, r in zip(clean["steps"], resumed["steps"])]
 
 
-def test_workdir_with_other_experiment_is_refused(smoke_config, tmp_path):
+def test_workdir_with_other_experiment_is_refused_unless_allowed(smoke_config, tmp_path):
   workdir = str(tmp_path / "run")
-  train.run(two_step_config(smoke_config), workdir)
-  with pytest.raises(ValueError, match="(?s)holds a different experiment.*task: '19-1' vs '15-5'"):
+  first = train.run(two_step_config(smoke_config), workdir)
+  with pytest.raises(ValueError, match="(?s)holds a different experiment.*task: '19-1' vs '15-5'.*allow_config_change"):
     train.run(two_step_config(smoke_config, "task=15-5,method=ft"), workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.1.json"))
+  # Allowed, the checkpoints of another class split or model still cannot
+  # serve this run (refused before anything is written).
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"(?s)task_00 holds task step 0 of a different experiment.*classes_per_step\[0\]: 20 vs 16"):
+    train.run(two_step_config(smoke_config, "task=15-5,method=ft"), workdir, allow_config_change=True)
+  narrow = two_step_config(smoke_config)
+  narrow.model.small_width = 4
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="model.small_width: 8 vs 4"):
+    train.run(narrow, workdir, allow_config_change=True)
+  reseeded = two_step_config(smoke_config)
+  reseeded.seed = 1  # changes nothing that is already done
+  again = train.run(reseeded, workdir, allow_config_change=True)
+  assert [s["metrics"] for s in again["steps"]] == [s["metrics"] for s in first["steps"]]
+  assert read_json(os.path.join(workdir, "config.1.json"))["seed"] == 0  # the old config, kept
+  assert read_json(os.path.join(workdir, "config.json"))["seed"] == 1
+  assert not os.path.exists(os.path.join(workdir, "config.2.json"))
+
+
+def poison_batch(monkeypatch, task_index, train_step):
+  """Makes the images of one training batch NaN (train step counted from 1)."""
+  original = pipeline.train_batches
+
+  def batches(*args, **kwargs):
+    for step, batch in enumerate(original(*args, **kwargs), start=kwargs["start_step"] + 1):
+      if kwargs["task_index"] == task_index and step == train_step:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(pipeline, "train_batches", batches)
+
+
+def test_nonfinite_loss_stops_the_run_keeping_the_last_good_checkpoint(smoke_config, tmp_path, monkeypatch):
+  poison_batch(monkeypatch, 0, 3)
+  config = two_step_config(smoke_config)
+  config.log_every = 100  # the flag of step 3 is read while step 4 runs
+  workdir = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError, match=r"task step 0, train step 3: non-finite loss term\(s\) ce .*"
+                     r"the last good checkpoint \(train step 2\) is kept"):
+    train.run(config, workdir)
+  ckpt = checkpointing.TaskCheckpointer(workdir, 0, read_only=True)
+  assert ckpt.latest_step() == 2  # nothing of step 3 or later saved
+  ckpt.close()
+  assert not checkpointing.is_done(workdir, 0) and not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_nonfinite_batches_are_skipped_and_counted(smoke_config, tmp_path, monkeypatch):
+  poison_batch(monkeypatch, 0, 3)
+  config = two_step_config(smoke_config)
+  config.schedule.inc_length = 1
+  config.nonfinite = "skip"
+  res = train.run(config, str(tmp_path / "run"))
+  assert [s["skipped_batches"] for s in res["steps"]] == [1, 0]
+  assert all(np.isfinite(s["metrics"]["pixel_acc"]) for s in res["steps"])
 
 
 @pytest.mark.parametrize("arg, field, message", [
     ("task=15-7", None, "Invalid scenario '15-7'"),
     ("setting=mixed", None, "mixed"),
     ("order=1;2;3", None, "permutation|missing"),
-    ("task=15-5", ("dataset", "name", "nope"), "not a known dataset"),
+    ("task=15-5", ("dataset.name", "nope"), "not a known dataset"),
+    # A bad option of a term that only trains at step 1 fails before step 0.
+    ("method=kd_cls", ("loss_options.kd_cls.pixels", "xyz"),
+     r"config.loss_options.kd_cls=.*fails at task step 1: ValueError: kd_cls: pixels='xyz'"),
+    ("method=kd_cls_t", ("loss_options.kd_cls_t.temperature", "hot"), r"config.loss_options.kd_cls_t=.*TypeError"),
+    ("", ("input.mean", ("abc",)), r"config.input.mean=\('abc',\): expected a tuple of numbers"),
+    ("", ("nonfinite", "sometimes"), "config.nonfinite='sometimes': expected one of stop, skip"),
 ])
 def test_bad_input_fails_before_training(smoke_config, tmp_path, arg, field, message):
   config = smoke_config(arg)
   if field:
-    config[field[0]][field[1]] = field[2]
+    *parents, name = field[0].split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    with node.ignore_type():
+      node[name] = field[1]
   workdir = str(tmp_path / "run")
   with pytest.raises(ValueError, match=message):
     train.run(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "config.json"))  # nothing written: a fixed rerun is not refused
 
 
 def test_empty_task_step_is_reported(smoke_config, tmp_path, monkeypatch):
   from incseg_jax import experiment  # pylint: disable=g-import-not-at-top
-  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   original = pipeline.load_split
 
   def without_class_20(builder, split):
