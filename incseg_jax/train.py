@@ -140,6 +140,7 @@ def evaluate_step(exp: experiment_lib.Experiment, variables, task_index: int, me
   eval_fn = ts.make_eval_step(model, step.num_channels, exp.plan.ignore_label)
   conf = np.zeros((step.num_channels, step.num_channels), np.int64)
   batches = pipeline.eval_batches(exp.eval_split, step.eval_lut, cfg.input, batch_size=cfg.eval_batch_size,
+                                  bucket=cfg.get("eval_bucket", 0),
                                   ignore_label=exp.plan.ignore_label)
   for i, batch in enumerate(batches):
     conf += np.asarray(jax.device_get(eval_fn(variables, sharding.put_batch(batch, mesh))), np.int64)
@@ -149,10 +150,15 @@ def evaluate_step(exp: experiment_lib.Experiment, variables, task_index: int, me
 
 
 def _init_student(exp, task_index: int, teacher_vars, key) -> dict[str, Any]:
-  """Fresh variables at step 0; later, the teacher's (host copies) plus a new head."""
+  """Fresh variables at step 0 (backbone from `config.pretrained` if set); later, the teacher's plus a new head."""
   model = exp.model(task_index)
   if teacher_vars is None:
-    return models.init_variables(model, key, exp.config.input.crop_size)
+    variables = models.init_variables(model, key, exp.config.input.crop_size)
+    if exp.config.get("pretrained"):
+      from incseg_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+      variables = pretrained.load_into(variables, exp.config.pretrained, exp.config.model)
+      logging.info("step 0: backbone initialised from %s", exp.config.pretrained)
+    return variables
   variables = models.add_head(model, jax.device_get(teacher_vars), key, exp.config.input.crop_size)
   if exp.method.head_init is not None:
     variables = exp.method.head_init(teacher_vars, variables, exp.plan.steps[task_index])

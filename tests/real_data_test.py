@@ -7,6 +7,7 @@ Registry -> records built once from `manual_dir` -> encoded splits with sizes
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -88,3 +89,30 @@ def test_two_step_run_on_fake_cityscapes(tmp_path):
   assert saved["channel_names"][0] == "void" and saved["channel_names"][-1] == "bicycle"
   # void ignored: no background pixel is ever evaluated at step 0.
   assert saved["steps"][0]["metrics"]["miou_old_bg"] is None
+
+
+def test_pretrained_weights_initialise_step_0(smoke_config, tmp_path, monkeypatch):
+  from tests import pretrained_test  # pylint: disable=g-import-not-at-top
+  sd = pretrained_test.random_state_dict(0, pretrained_test.tv_name, stage_sizes=(2, 2, 2, 2), bottleneck=False)
+  path = str(tmp_path / "resnet18.npz")
+  np.savez(path, **sd)
+  config = smoke_config("task=19-1")
+  config.model.backbone = "resnet18"
+  config.pretrained = path
+  exp = experiment.build(config)
+  variables = train._init_student(exp, 0, None, jax.random.key(0))  # pylint: disable=protected-access
+  backbone = variables["params"]["backbone"]
+  np.testing.assert_array_equal(backbone["stem"]["conv"]["kernel"], sd["conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(backbone["stage2"]["block0"]["downsample_bn"]["scale"],
+                                sd["layer2.0.downsample.1.weight"])
+  np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["stage4"]["block1"]["bn2"]["var"],
+                                sd["layer4.1.bn2.running_var"])
+  # A missing or mismatched file fails before any data is read.
+  monkeypatch.setattr(registry, "load", lambda *a: pytest.fail("data read before the pretrained check"))
+  config.pretrained = str(tmp_path / "missing.npz")
+  with pytest.raises(FileNotFoundError, match="missing.npz"):
+    experiment.build(config)
+  config.pretrained = path
+  config.model.backbone = "resnet34"
+  with pytest.raises(ValueError, match="layer3.2"):
+    experiment.build(config)
