@@ -169,8 +169,7 @@ PROTOCOLS = {
     # frozen BatchNorm (public ILT code), SGD momentum 0.9 (no Nesterov), weight
     # decay 1e-4, batch 4, 321 crops, scale 0.5-1.5, flips; step 0 at lr 1e-4 and
     # later steps at 5e-5, poly (0.9) to 1e-6 over |S0|*1000 / |U_k|*1000 steps.
-    # The paper starts from pretrained weights; until pretrained backbones are
-    # supported this trains from scratch.
+    # The paper starts from ImageNet weights: add --config.pretrained=FILE.
     "ilt": {
         "model.backbone": "resnet101", "model.decoder": "deeplab_v2", "model.output_stride": 8,
         "model.aspp_channels": 256, "model.atrous_rates": (6, 12, 18, 24), "model.bn_frozen": True,

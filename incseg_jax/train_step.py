@@ -163,7 +163,9 @@ def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Ca
   """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch."""
 
   def step(variables, batch):
-    logits = model.apply(variables, batch["image"], train=False)["logits"]
+    # "valid" (real pixels of images padded to a common shape) keeps the
+    # image pooling of padded evaluation images to their real extent.
+    logits = model.apply(variables, batch["image"], train=False, valid=batch.get("valid"))["logits"]
     preds = jnp.argmax(logits, axis=-1)
     return evaluation.confusion_matrix(batch["label"], preds, num_channels, ignore_label)
 

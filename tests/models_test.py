@@ -302,3 +302,39 @@ def test_activation():
   relu_out = build_model(cfg, (3,)).apply(variables, x, train=False)
   assert jax.tree.structure(relu_out) == jax.tree.structure(out)
   assert not np.allclose(relu_out['encoder'], out['encoder'])
+
+
+def _pooled_branch(variables, feats):
+  """The image-pooling branch of a v3 decoder with `variables`, on features `feats`."""
+  from incseg_jax.models.deeplab import ASPPv3  # pylint: disable=g-import-not-at-top
+  dec = {'params': variables['params']['decoder'], 'batch_stats': variables['batch_stats']['decoder']}
+  channels = dec['params']['conv_pool']['kernel'].shape[-1]
+  return ASPPv3(channels=channels, rates=(1, 2, 3)).apply(dec, feats, False)['aspp_branches'][-1][:, 0, 0]
+
+
+def test_masked_image_pooling_pools_only_the_real_extent():
+  """With `valid`, a padded input's image-pooling branch equals the unpadded one's."""
+  from incseg_jax.models.deeplab import ASPPv3  # pylint: disable=g-import-not-at-top
+  aspp = ASPPv3(channels=8, rates=(1, 2, 3))
+  feats = jax.random.normal(jax.random.key(0), (2, 5, 7, 4))  # real features of a 40x56 input (stride 8)
+  padded = jnp.pad(feats, ((0, 0), (0, 3), (0, 2), (0, 0)), constant_values=9.0)  # 8x9 -> 64x72 input
+  variables = aspp.init(jax.random.key(1), feats, False)
+  valid = jnp.zeros((2, 8, 9), bool).at[:, :5, :7].set(True)
+  ref = aspp.apply(variables, feats, False)['aspp_branches'][-1][:, 0, 0]
+  masked = aspp.apply(variables, padded, False, valid=valid)['aspp_branches'][-1][:, 0, 0]
+  unmasked = aspp.apply(variables, padded, False)['aspp_branches'][-1][:, 0, 0]
+  np.testing.assert_allclose(masked, ref, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(unmasked, ref, atol=1e-3)  # padding would shift the pooled context
+  # The whole v3 model: an all-true mask changes nothing; masking the bottom
+  # rows of an odd-sized input (ceil(33 / 8) = 5 feature rows) changes the
+  # pooled context exactly as cropping the input to its real rows would.
+  model = build_model(_cfg(decoder='deeplab_v3', atrous_rates=(1, 2, 3)), (3,))
+  x = jax.random.normal(jax.random.key(2), (1, SIZE, SIZE, 3))
+  v = model.init(jax.random.key(3), x, train=False)
+  plain = model.apply(v, x, train=False)
+  out = model.apply(v, x, train=False, valid=jnp.ones((1, SIZE, SIZE), bool))
+  np.testing.assert_allclose(out['logits'], plain['logits'], rtol=1e-5, atol=1e-5)
+  half = jnp.zeros((1, SIZE, SIZE), bool).at[:, :17].set(True)  # rows 0..16: feature rows 0..2
+  out = model.apply(v, x, train=False, valid=half)
+  feats = plain['encoder'][:, :3]
+  np.testing.assert_allclose(out['aspp_branches'][-1][:, 0, 0], _pooled_branch(v, feats), rtol=1e-5, atol=1e-5)

@@ -116,3 +116,15 @@ def test_eval_shapes_of_a_fixed_size_dataset_come_from_the_first_image():
   split = fake_split(n=2, size=24)  # like `shapes`: no per-example sizes stored
   assert split.sizes is None
   np.testing.assert_array_equal(pipeline.eval_shapes(split), [(24, 24), (24, 24)])
+
+
+def test_eval_batches_mark_each_images_real_pixels():
+  sizes = [(20, 30), (33, 17), (8, 40)]
+  split = variable_split(sizes)
+  batches = list(pipeline.eval_batches(split, np.arange(256, dtype=np.uint8), input_cfg(), batch_size=2,
+                                       ignore_label=255))
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.shape == (4, 33, 40) and valid.dtype == bool
+  for i, (h, w) in enumerate(sizes):
+    assert valid[i, :h, :w].all() and valid[i].sum() == h * w
+  assert not valid[3].any()  # the filler slot

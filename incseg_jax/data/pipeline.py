@@ -246,13 +246,18 @@ def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size:
     bucket: see `eval_shapes`.
 
   Yields:
-    {"image": float32 (B_local, H, W, 3), "label": int32 (B_local, H, W)}.
+    {"image": float32 (B_local, H, W, 3), "label": int32 (B_local, H, W),
+     "valid": bool (B_local, H, W), True on each image's own pixels; only for
+     variable-size datasets (those that store sizes), where padding occurs}.
   """
   shapes = eval_shapes(split, bucket)
   for shape in sorted({tuple(int(d) for d in s) for s in shapes}):
     members = np.flatnonzero((shapes == np.asarray(shape)).all(axis=1))
-    yield from _padded_batches(split, members, lut, input_cfg, batch_size=batch_size,
-                               ignore_label=ignore_label, pad_to=shape)
+    for batch in _padded_batches(split, members, lut, input_cfg, batch_size=batch_size,
+                                 ignore_label=ignore_label, pad_to=shape):
+      if split.sizes is None:
+        del batch["valid"]  # fixed-size data: nothing is padded
+      yield batch
 
 
 def _padded_batches(split: EncodedSplit, members: np.ndarray, lut: np.ndarray, input_cfg, *, batch_size: int,
@@ -282,9 +287,13 @@ def _padded_batches(split: EncodedSplit, members: np.ndarray, lut: np.ndarray, i
                                    message=f"eval image larger than the padded size {pad_to}")
     image = _normalise(image, input_cfg.mean, input_cfg.std)
     image = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
+    real = tf.fill(tf.shape(label)[:2], p < n)  # blank filler slots have no real pixel
     label = tf.pad(label, [[0, ph - tf.shape(label)[0]], [0, pw - tf.shape(label)[1]], [0, 0]],
                    constant_values=ignore_label)
-    return {"image": tf.ensure_shape(image, [ph, pw, 3]), "label": tf.cast(tf.ensure_shape(label, [ph, pw, 1])[..., 0], tf.int32)}
+    valid = tf.pad(real, [[0, ph - tf.shape(real)[0]], [0, pw - tf.shape(real)[1]]], constant_values=False)
+    return {"image": tf.ensure_shape(image, [ph, pw, 3]),
+            "label": tf.cast(tf.ensure_shape(label, [ph, pw, 1])[..., 0], tf.int32),
+            "valid": tf.ensure_shape(valid, [ph, pw])}
 
   ds = tf.data.Dataset.from_tensor_slices(positions).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                           deterministic=True)

@@ -44,8 +44,18 @@ class ASPPv3(nn.Module):
   activation: str = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    """Args: x (B, h, w, C) encoder features; train. Returns the output dict."""
+  def __call__(self, x, train: bool, valid=None):
+    """Returns the output dict.
+
+    Args:
+      x: (B, h, w, C) encoder features.
+      train: BatchNorm batch statistics and dropout.
+      valid: optional (B, h, w) bool, True at the feature positions of real
+        (unpadded) input; the image pooling averages over those only (see
+        SegModel: with PyTorch-style padding an image of height H has
+        ceil(H / stride) positions, those whose input pixel i * stride is
+        real, so this is exactly the unpadded image's pooling region).
+    """
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
     act = activation_fn(self.activation)
@@ -54,7 +64,7 @@ class ASPPv3(nn.Module):
     for i, rate in enumerate(self.rates):
       y = conv(self.channels, 3, dilation=rate, name=f'conv_atrous{i}', **kw)(x)
       branches.append(act(bn(f'bn_atrous{i}')(y)))
-    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+    pooled = _image_mean(x, valid)
     pooled = conv(self.channels, 1, name='conv_pool', **kw)(pooled)
     pooled = act(bn('bn_pool')(pooled))
     branches.append(jnp.broadcast_to(pooled, branches[0].shape))
@@ -64,6 +74,17 @@ class ASPPv3(nn.Module):
     if self.dropout > 0:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return {'aspp_branches': tuple(branches), 'pre_logits': y}
+
+
+def _image_mean(x, valid):
+  """Mean of x (B, h, w, C) over all positions, or over those `valid` marks."""
+  if valid is None:
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+  if valid.shape != x.shape[:3]:
+    raise ValueError(f'valid mask {valid.shape} does not match features {x.shape}')
+  m = valid[..., None].astype(x.dtype)
+  count = jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True), 1.0)  # all-padding slots
+  return jnp.sum(x * m, axis=(1, 2), keepdims=True) / count
 
 
 class ASPPv2(nn.Module):

@@ -66,12 +66,16 @@ class SegModel(nn.Module):
   activation: str = 'relu'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, valid=None):
     """Runs the network.
 
     Args:
       x: (B, H, W, 3) float32 NHWC images.
       train: BatchNorm batch statistics (unless ``bn_frozen``) and dropout.
+      valid: optional (B, H, W) bool, True on each image's real pixels when
+        images were padded to a common shape (evaluation at original
+        resolution): DeepLab-v3's image pooling then averages over the real
+        extent only, as it would on the unpadded image.
 
     Returns:
       Dict with ``stages``, ``stages_pre``, ``encoder`` (backbone),
@@ -94,7 +98,14 @@ class SegModel(nn.Module):
                    self.bn_frozen, self.dtype, self.activation, name='decoder')
     else:
       dec = ASPPv2(self.aspp_channels, tuple(rates), self.dtype, name='decoder')
-    out.update(dec(out['encoder'], train))
+    if self.decoder == 'deeplab_v3':
+      # Encoder position i covers input pixel i * output_stride (ceil(H / os)
+      # positions), so striding the pixel mask gives the feature mask.
+      os_ = self.output_stride
+      valid_os = None if valid is None else valid[:, ::os_, ::os_]
+      out.update(dec(out['encoder'], train, valid=valid_os))
+    else:
+      out.update(dec(out['encoder'], train))
 
     logits_os = IncrementalClassifier(
         tuple(self.classes_per_step), self.dtype,
