@@ -119,6 +119,8 @@ def build(config) -> Experiment:
   sharding.check_batch_size(config.input.batch_size, "config.input.batch_size")
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   _check_pretrained(config)
+  # The scenario against the dataset's class count, before any data is built or read.
+  tasks.parse_scenario(config.task, registry.num_classes(config.dataset.name) - 1)
   builder, meta = registry.load(config.dataset)
   train_split = pipeline.load_split(builder, config.dataset.train_split)
   eval_split = pipeline.load_split(builder, config.dataset.eval_split)

@@ -116,3 +116,13 @@ def test_pretrained_weights_initialise_step_0(smoke_config, tmp_path, monkeypatc
   config.model.backbone = "resnet34"
   with pytest.raises(ValueError, match="layer3.2"):
     experiment.build(config)
+
+
+@pytest.mark.parametrize("config_name,task,count", [("ade20k", "100-30", "150"), ("cityscapes", "13-4", "19"),
+                                                    ("voc", "15-7", "20")])
+def test_scenario_is_checked_before_the_dataset_is_needed(tmp_path, config_name, task, count):
+  # No manual_dir and nothing built: the scenario error comes first, not "dataset not built".
+  config = dataset_configs_test.load_config(config_name, f"task={task}")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ValueError, match=count):
+    experiment.build(config)

@@ -90,13 +90,23 @@ def _folder_loader(module_name: str) -> Callable[[Any], tuple[Any, DatasetMeta]]
   return load_folder
 
 
-_LOADERS: dict[str, Callable[[Any], tuple[Any, DatasetMeta]]] = {
-    "shapes": _shapes,
-    "voc": _folder_loader("voc"),
-    "ade20k": _folder_loader("ade20k"),
-    "cityscapes": _folder_loader("cityscapes"),
-    "msrc": _folder_loader("msrc"),
-}
+_LOADERS: dict[str, Callable[[Any], tuple[Any, DatasetMeta]]] = {"shapes": _shapes}
+_LOADERS.update({name: _folder_loader(name) for name in ("voc", "ade20k", "cityscapes", "msrc")})
+
+
+def num_classes(name: str) -> int:
+  """Class count (background/void included) of dataset `name`, without reading any data.
+
+  Lets scenario strings be checked before a dataset is built or loaded.
+  """
+  _check_name(name)
+  module = "shapes" if name == "shapes" else name
+  return importlib.import_module(f"incseg_jax.data.{module}").NUM_CLASSES
+
+
+def _check_name(name: str) -> None:
+  if name not in _LOADERS:
+    raise ValueError(f"config.dataset.name={name!r} is not a known dataset; known: {', '.join(sorted(_LOADERS))}")
 
 
 def load(dataset_cfg) -> tuple[Any, DatasetMeta]:
@@ -108,7 +118,5 @@ def load(dataset_cfg) -> tuple[Any, DatasetMeta]:
   Raises:
     ValueError: unknown dataset name (the message lists the known ones).
   """
-  if dataset_cfg.name not in _LOADERS:
-    raise ValueError(f"config.dataset.name={dataset_cfg.name!r} is not a known dataset; "
-                     f"known: {', '.join(sorted(_LOADERS))}")
+  _check_name(dataset_cfg.name)
   return _LOADERS[dataset_cfg.name](dataset_cfg)
