@@ -259,3 +259,18 @@ def test_missing_aug_mask_is_a_bad_record(tmp_path):
   os.remove(missing)
   with pytest.raises(folder.BadRecordsError, match=f"file not found: {missing}"):
     _prepare(manual, tmp_path, config="aug")
+
+
+def test_bad_records_of_every_split_come_in_one_error(tmp_path):
+  manual = str(tmp_path / "manual")
+  written = fake_voc.write(manual, num_train=7, num_val=3, with_sbd=False)
+  _damage(written)
+  val_id = written["ids"]["val"][1]
+  os.remove(os.path.join(written["voc2012"], "SegmentationClass", val_id + ".png"))
+  with pytest.raises(folder.BadRecordsError) as error:
+    _prepare(manual, tmp_path)
+  message = str(error.value)
+  assert "6 unusable records" in message
+  assert "5 of 7 records of split 'train'" in message and "1 of 3 records of split 'val'" in message
+  assert f"{val_id}: file not found" in message
+  assert not os.path.exists(os.path.join(str(tmp_path), "tfds", "incseg_voc", "voc_only", "1.0.0"))

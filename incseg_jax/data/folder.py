@@ -15,8 +15,8 @@ image and mask once (in a thread pool), checks that the image decodes, that
 the mask has the image's size and only holds known class ids or the ignore
 label, and stores per example the original image bytes (JPEG stays JPEG), the
 mask as PNG, the list of classes present, the per-class pixel counts and the
-size. Bad records of a split are collected and reported together, one line per
-file with the reason; `skip_bad_records=True` leaves them out instead and
+size. Bad records of every split are collected and reported together in one
+error after all splits were read, one line per file with the reason; `skip_bad_records=True` leaves them out instead and
 prints (and stores in the dataset metadata) how many were skipped.
 """
 
@@ -120,6 +120,12 @@ def check_label(label: np.ndarray, num_classes: int, ignore_label: int, path: st
                     f"and the ignore label {ignore_label}")
 
 
+def _listed(lines: list[str]) -> str:
+  """At most _MAX_LISTED lines, then how many more."""
+  more = f"\n  ... and {len(lines) - _MAX_LISTED} more" if len(lines) > _MAX_LISTED else ""
+  return "\n  ".join(lines[:_MAX_LISTED]) + more
+
+
 class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the builders that read a publisher's directory layout (see module doc).
 
@@ -177,6 +183,19 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise ValueError(f"{self.name}: split {split!r} lists duplicate ids {dup}")
     return {split: self._generate_examples(split, recs) for split, recs in records.items()}
 
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    self._bad: dict[str, tuple[int, list[str]]] = {}
+    super()._download_and_prepare(dl_manager, download_config)
+    if self._bad and not self._skip_bad_records:
+      # Every split has been read, so all bad records are reported at once.
+      # Raising here aborts the build: tfds keeps nothing half-written.
+      total = sum(len(lines) for _, lines in self._bad.values())
+      raise BadRecordsError(
+          f"{self.name}: {total} unusable records:\n" +
+          "\n".join(f"{len(lines)} of {n} records of split {split!r}:\n  {_listed(lines)}"
+                    for split, (n, lines) in self._bad.items()) +
+          "\nFix them, or pass --config.dataset.skip_bad_records=True to leave them out.")
+
   def _generate_examples(self, split: str, records: list[Record]) -> Iterator[tuple[str, dict]]:  # pylint: disable=arguments-differ
     bad: list[str] = []
     workers = min(8, os.cpu_count() or 1)
@@ -189,16 +208,11 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           else:
             yield record.id, result
     if bad:
-      listed = "\n  ".join(bad[:_MAX_LISTED])
-      more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-      if not self._skip_bad_records:
-        # Raising here aborts the whole build: tfds keeps nothing half-written.
-        raise BadRecordsError(
-            f"{self.name}: {len(bad)} of {len(records)} records of split {split!r} are unusable:\n  "
-            f"{listed}{more}\nFix them, or pass --config.dataset.skip_bad_records=True to leave them out.")
-      print(f"{self.name}: skipped {len(bad)} of {len(records)} records of split {split!r}:\n  {listed}{more}",
-            flush=True)
-      self.info.metadata["skipped_records"][split] = len(bad)
+      self._bad[split] = (len(records), bad)
+      if self._skip_bad_records:
+        print(f"{self.name}: skipped {len(bad)} of {len(records)} records of split {split!r}:\n  {_listed(bad)}",
+              flush=True)
+        self.info.metadata["skipped_records"][split] = len(bad)
 
   def _safe_example(self, record: Record) -> dict | str:
     try:
