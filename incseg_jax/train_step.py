@@ -140,7 +140,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
 
     def keep(operands):
       _, _, params, opt_state, stats = operands
-      return params, opt_state, stats
+      # The batch still uses up its learning-rate step (as a per-iteration
+      # scheduler would), so the applied lr stays the logged schedule(step);
+      # momentum, weights and BatchNorm statistics are untouched.
+      return params, _advance_schedules(opt_state), stats
 
     params, opt_state, new_stats = jax.lax.cond(finite, update, keep,
                                                 (grads, new_stats, state.params, state.opt_state, state.batch_stats))
@@ -152,6 +155,13 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
                          skipped=skipped), metrics
 
   return jax.jit(step, donate_argnames=("state",))
+
+
+def _advance_schedules(opt_state: Any) -> Any:
+  """`opt_state` with every learning-rate schedule counter advanced by one."""
+  is_sched = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  return jax.tree.map(lambda s: s._replace(count=optax.safe_int32_increment(s.count)) if is_sched(s) else s,
+                      opt_state, is_leaf=is_sched)
 
 
 def make_teacher_forward(model: nn.Module) -> Callable:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from incseg_jax import losses
@@ -101,9 +102,20 @@ def guarded_step(terms, images_fn=lambda x: x):
   return before, jax.tree.map(np.array, after), jax.device_get(metrics)
 
 
+def _schedule_counts(opt_state):
+  is_sched = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  return [int(s.count) for s in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(s)]
+
+
 def assert_unchanged_but_counted(before, after):
-  for name in ("params", "batch_stats", "opt_state"):
+  for name in ("params", "batch_stats"):
     jax.tree.map(np.testing.assert_array_equal, getattr(before, name), getattr(after, name))
+  # Momentum untouched; only the lr schedule's counter moves on with the step,
+  # so the applied learning rate stays the logged schedule(step).
+  is_sched = lambda s: isinstance(s, optax.ScaleByScheduleState)
+  strip = lambda tree: jax.tree.map(lambda s: None if is_sched(s) else s, tree, is_leaf=is_sched)
+  jax.tree.map(np.testing.assert_array_equal, strip(before.opt_state), strip(after.opt_state))
+  assert _schedule_counts(after.opt_state) == [c + 1 for c in _schedule_counts(before.opt_state)] != []
   assert int(after.step) == 1 and int(after.skipped) == 1
 
 
