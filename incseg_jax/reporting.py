@@ -129,20 +129,13 @@ def to_csv(res: dict[str, Any]) -> str:
   return out.getvalue()
 
 
-def _write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_all(workdir: str, res: dict[str, Any]) -> None:
   """Writes results.json, results.md and results.csv (each atomically)."""
   checkpointing.write_json_atomic(os.path.join(workdir, "results.json"), res)
-  _write_text(os.path.join(workdir, "results.md"),
+  checkpointing.write_text_atomic(os.path.join(workdir, "results.md"),
               final_table(res) + "\n\nPer-class IoU (%):\n\n" + per_class_table(res, "iou")
               + "\n\nPer-class pixel accuracy (%):\n\n" + per_class_table(res, "acc") + "\n")
-  _write_text(os.path.join(workdir, "results.csv"), to_csv(res))
+  checkpointing.write_text_atomic(os.path.join(workdir, "results.csv"), to_csv(res))
 
 
 def _mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
