@@ -149,12 +149,12 @@ def evaluate_step(exp: experiment_lib.Experiment, variables, task_index: int, me
                                          class_names=exp.channel_names[:step.num_channels])
 
 
-def _init_student(exp, task_index: int, teacher_vars, key) -> dict[str, Any]:
+def _init_student(exp, task_index: int, teacher_vars, key, load_pretrained: bool = True) -> dict[str, Any]:
   """Fresh variables at step 0 (backbone from `config.pretrained` if set); later, the teacher's plus a new head."""
   model = exp.model(task_index)
   if teacher_vars is None:
     variables = models.init_variables(model, key, exp.config.input.crop_size)
-    if exp.config.get("pretrained"):
+    if load_pretrained and exp.config.get("pretrained"):
       from incseg_jax.models import pretrained  # pylint: disable=g-import-not-at-top
       variables = pretrained.load_into(variables, exp.config.pretrained, exp.config.model)
       logging.info("step 0: backbone initialised from %s", exp.config.pretrained)
@@ -275,7 +275,15 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
   base_key = jax.random.fold_in(jax.random.key(cfg.seed), task_index)
   student = exp.model(task_index)
   teacher = exp.model(task_index - 1) if task_index > 0 else None
-  variables = _init_student(exp, task_index, teacher_vars, jax.random.fold_in(base_key, 1 << 30))
+  if not check_step_identity(exp, workdir, task_index, what="a resume of this run"):
+    if jax.process_index() == 0:
+      checkpointing.write_identity(workdir, task_index, step_identity(exp, task_index))
+  ckpt = checkpointing.TaskCheckpointer(workdir, task_index)
+  resuming = ckpt.latest_step() is not None
+  # Pretrained weights only matter for a fresh step 0: a resume restores its
+  # state and init_from imports a whole model over them.
+  variables = _init_student(exp, task_index, teacher_vars, jax.random.fold_in(base_key, 1 << 30),
+                            load_pretrained=not resuming and not cfg.init_from)
   frozen = exp.frozen_prefixes if task_index > 0 else ()
   if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
     frozen += models.batchnorm_prefixes(variables)
@@ -285,12 +293,8 @@ def train_task_step(exp, workdir: str, task_index: int, teacher_vars, mesh, writ
                         opt_state=tx.init(variables["params"]), skipped=np.int32(0))
   state = sharding.put_replicated(state, mesh)
 
-  if not check_step_identity(exp, workdir, task_index, what="a resume of this run"):
-    if jax.process_index() == 0:
-      checkpointing.write_identity(workdir, task_index, step_identity(exp, task_index))
-  ckpt = checkpointing.TaskCheckpointer(workdir, task_index)
   start = 0
-  if ckpt.latest_step() is not None:
+  if resuming:
     state = ckpt.restore_state(checkpointing.abstract_like(state))
     start = int(state.step)
     print(f"task step {task_index}: resuming at train step {start}/{num_steps} (checkpoint in {ckpt.directory})",

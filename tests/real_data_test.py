@@ -107,6 +107,10 @@ def test_pretrained_weights_initialise_step_0(smoke_config, tmp_path, monkeypatc
                                 sd["layer2.0.downsample.1.weight"])
   np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["stage4"]["block1"]["bn2"]["var"],
                                 sd["layer4.1.bn2.running_var"])
+  # A resume (or init_from) restores over the init: the file is not read then.
+  fresh = train._init_student(exp, 0, None, jax.random.key(0), load_pretrained=False)  # pylint: disable=protected-access
+  assert not np.array_equal(fresh["params"]["backbone"]["stem"]["conv"]["kernel"],
+                            backbone["stem"]["conv"]["kernel"])
   # A missing or mismatched file fails before any data is read.
   monkeypatch.setattr(registry, "load", lambda *a: pytest.fail("data read before the pretrained check"))
   config.pretrained = str(tmp_path / "missing.npz")

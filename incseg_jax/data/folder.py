@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# Formats whose bytes are stored unchanged; anything else (PNG is fine too,
-# BMP is not decodable by every TF op) is re-encoded as PNG.
-_KEEP_FORMATS = {"JPEG": ".jpg", "PNG": ".png"}
+# Formats whose bytes are stored unchanged; anything else (e.g. BMP, which
+# not every TF decode op reads) is re-encoded as PNG.
+_KEEP_FORMATS = frozenset({"JPEG", "PNG"})
 _CHUNK = 64  # records decoded concurrently (bounds memory on 20k-image splits)
 _MAX_LISTED = 50  # bad records listed in one error message
 

@@ -253,16 +253,14 @@ def eval_batches(split: EncodedSplit, lut: np.ndarray, input_cfg, *, batch_size:
   shapes = eval_shapes(split, bucket)
   for shape in sorted({tuple(int(d) for d in s) for s in shapes}):
     members = np.flatnonzero((shapes == np.asarray(shape)).all(axis=1))
-    for batch in _padded_batches(split, members, lut, input_cfg, batch_size=batch_size,
-                                 ignore_label=ignore_label, pad_to=shape):
-      if split.sizes is None:
-        del batch["valid"]  # fixed-size data: nothing is padded
-      yield batch
+    # Fixed-size data (no stored sizes) is never padded: no mask needed.
+    yield from _padded_batches(split, members, lut, input_cfg, batch_size=batch_size, ignore_label=ignore_label,
+                               pad_to=shape, with_valid=split.sizes is not None)
 
 
 def _padded_batches(split: EncodedSplit, members: np.ndarray, lut: np.ndarray, input_cfg, *, batch_size: int,
-                    ignore_label: int, pad_to: tuple[int, int]) -> Iterator[dict]:
-  """Batches of the examples `members`, each padded to `pad_to`."""
+                    ignore_label: int, pad_to: tuple[int, int], with_valid: bool) -> Iterator[dict]:
+  """Batches of the examples `members`, each padded to `pad_to` (+ a real-pixel mask if `with_valid`)."""
   n = len(members)
   lbs = batch_size // jax.process_count()
   ph, pw = pad_to
@@ -287,13 +285,14 @@ def _padded_batches(split: EncodedSplit, members: np.ndarray, lut: np.ndarray, i
                                    message=f"eval image larger than the padded size {pad_to}")
     image = _normalise(image, input_cfg.mean, input_cfg.std)
     image = tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
-    real = tf.fill(tf.shape(label)[:2], p < n)  # blank filler slots have no real pixel
-    label = tf.pad(label, [[0, ph - tf.shape(label)[0]], [0, pw - tf.shape(label)[1]], [0, 0]],
-                   constant_values=ignore_label)
-    valid = tf.pad(real, [[0, ph - tf.shape(real)[0]], [0, pw - tf.shape(real)[1]]], constant_values=False)
-    return {"image": tf.ensure_shape(image, [ph, pw, 3]),
-            "label": tf.cast(tf.ensure_shape(label, [ph, pw, 1])[..., 0], tf.int32),
-            "valid": tf.ensure_shape(valid, [ph, pw])}
+    height, width = tf.shape(label)[0], tf.shape(label)[1]
+    label = tf.pad(label, [[0, ph - height], [0, pw - width], [0, 0]], constant_values=ignore_label)
+    out = {"image": tf.ensure_shape(image, [ph, pw, 3]),
+           "label": tf.cast(tf.ensure_shape(label, [ph, pw, 1])[..., 0], tf.int32)}
+    if with_valid:  # True on the image's own pixels; blank filler slots have none
+      real = tf.fill([height, width], p < n)
+      out["valid"] = tf.ensure_shape(tf.pad(real, [[0, ph - height], [0, pw - width]]), [ph, pw])
+    return out
 
   ds = tf.data.Dataset.from_tensor_slices(positions).map(load, num_parallel_calls=tf.data.AUTOTUNE,
                                                           deterministic=True)
