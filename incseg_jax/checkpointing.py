@@ -18,81 +18,36 @@ next writer opens the directory).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from incseg_jax import faults
+from incseg_jax import files
+from incseg_jax import hooks as hooks_lib
+from incseg_jax import models
+from incseg_jax import sharding
 
-IDENTITY_FILE = "identity.json"
-# Free space asked for beyond the state's own bytes: orbax's metadata files
-# and the filesystem's block rounding.
-_SPACE_MARGIN_FRACTION = 0.1
-_SPACE_MARGIN_BYTES = 1 << 20
-
-
-class NoSpaceError(OSError):
-  """Too little free disk space to write a checkpoint (errno ENOSPC)."""
-
-  def __init__(self, message: str):
-    super().__init__(errno.ENOSPC, message)
-
-  def __str__(self) -> str:
-    return self.strerror
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint that is not the state this run expects (other model/classes)."""
+# A checkpoint that is not the state this run expects (other model, classes
+# or shapes): the same error as a mismatched identity file.
+CheckpointMismatchError = files.MismatchError
+NoSpaceError = files.NoSpaceError
 
 
 def task_dir(workdir: str, task_index: int) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints", f"task_{task_index:02d}")
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes a file so that a reader (or a rerun after a kill) sees either the old or the new one."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON atomically (see `write_text_atomic`)."""
-  write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
-
-
-def tree_bytes(tree: Any) -> int:
-  """Total bytes of the arrays in a pytree (global sizes)."""
-  return int(sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(tree)))
-
-
-def _is_enospc(exc: BaseException) -> bool:
-  """Whether `exc` (or what it wraps) is a "no space left on device" error."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-      return True
-    if "No space left on device" in str(exc):  # tensorstore reports it as text
-      return True
-    exc = exc.__cause__ or exc.__context__
-  return False
-
-
 class TaskCheckpointer:
   """Saves and restores the states of one task step."""
 
-  def __init__(self, workdir: str, task_index: int, *, max_to_keep: int = 2, read_only: bool = False):
+  def __init__(self, workdir: str, task_index: int, *, max_to_keep: int = 2, read_only: bool = False,
+               hooks: hooks_lib.Hooks = hooks_lib.NONE):
     self.directory = task_dir(workdir, task_index)
     self.task_index = task_index
+    self._hooks = hooks
     # A writer removes temporary directories a killed save left behind.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only, enable_async_checkpointing=False,
@@ -108,16 +63,6 @@ class TaskCheckpointer:
       return "no checkpoint of this task step was written yet"
     return f"the last complete checkpoint (train step {latest}) is kept"
 
-  def check_free_space(self, state: Any) -> None:
-    """Raises NoSpaceError unless the disk holds `state` (plus a margin)."""
-    size = tree_bytes(state)
-    needed = int(size * (1 + _SPACE_MARGIN_FRACTION)) + _SPACE_MARGIN_BYTES
-    free = shutil.disk_usage(self.directory).free
-    if free < needed:
-      raise NoSpaceError(f"not enough free disk space for a checkpoint in {self.directory}: needs about "
-                         f"{needed:,} bytes, {free:,} free; {self._kept_message()}. Free some space and rerun "
-                         "the same command to resume.")
-
   def save(self, step: int, state: Any) -> None:
     """Saves `state` (a TrainState) at train step `step`, blocking until written.
 
@@ -125,19 +70,18 @@ class TaskCheckpointer:
       NoSpaceError: too little free space before the write, or the disk filled
         up during it (the torn write is never listed as a checkpoint).
     """
-    self.check_free_space(state)
+    files.check_free_space(self.directory, state, self._kept_message())
     model = {"params": state.params, "batch_stats": state.batch_stats}
     train = {"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
-    if faults.armed("checkpoint", self.task_index, step):
-      faults.kill_before_commit()
+    self._hooks.before_save(self.task_index, step)
     try:
       self._manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
                                                        train=ocp.args.StandardSave(train)), force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      if _is_enospc(e):
+      if files.is_enospc(e):
         raise NoSpaceError(f"the disk filled up while writing a checkpoint in {self.directory} (train step "
-                           f"{step}, about {tree_bytes(state):,} bytes); {self._kept_message()}. Free some "
+                           f"{step}, about {files.tree_bytes(state):,} bytes); {self._kept_message()}. Free some "
                            "space and rerun the same command to resume.") from e
       raise
 
@@ -207,7 +151,7 @@ def is_done(workdir: str, task_index: int) -> bool:
 
 def mark_done(workdir: str, task_index: int, record: dict[str, Any]) -> None:
   """Declares a task step complete; `record` (its metrics) goes in done.json."""
-  write_json_atomic(_done_path(workdir, task_index), record)
+  files.write_json_atomic(_done_path(workdir, task_index), record)
 
 
 def read_done(workdir: str, task_index: int) -> dict[str, Any]:
@@ -217,66 +161,35 @@ def read_done(workdir: str, task_index: int) -> dict[str, Any]:
 
 def write_identity(workdir: str, task_index: int, identity: dict[str, Any]) -> None:
   """Records what task step `task_index`'s states are (before the first is written)."""
-  os.makedirs(task_dir(workdir, task_index), exist_ok=True)
-  write_json_atomic(os.path.join(task_dir(workdir, task_index), IDENTITY_FILE), identity)
+  files.write_identity(task_dir(workdir, task_index), identity)
 
 
 def check_identity(workdir: str, task_index: int, expected: dict[str, Any], what: str = "",
                    defaults: dict[str, Any] | None = None) -> bool:
-  """Checks that task step `task_index`'s states in `workdir` are `expected`.
-
-  Args:
-    workdir: the run directory holding the checkpoints.
-    task_index: the task step.
-    expected: the identity this run would write (see `train.step_identity`).
-    what: how the caller uses them, for the message ("teacher", "resume").
-    defaults: values of fields added since the identity was saved (same
-      nesting); such a field absent from the saved identity counts as equal
-      when `expected` holds its default.
+  """`files.check_identity` of task step `task_index`'s checkpoint directory.
 
   Returns:
-    False when the directory has no identity file (nothing saved yet, or a
-    run of a version that did not write one: nothing to compare), else True.
+    False when the step has no identity file yet, else True.
 
   Raises:
     CheckpointMismatchError: the identities differ; the message lists how.
   """
-  path = os.path.join(task_dir(workdir, task_index), IDENTITY_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    saved = json.load(f)
-  expected = json.loads(json.dumps(expected))  # tuples -> lists, as saved
-  differences = _diff(saved, expected, defaults=defaults or {})
-  if differences:
-    raise CheckpointMismatchError(
-        f"{task_dir(workdir, task_index)} holds task step {task_index} of a different experiment, so it cannot "
-        f"serve {what or 'this run'}; differing (saved vs now):\n  " + "\n  ".join(differences))
-  return True
+  return files.check_identity(task_dir(workdir, task_index), expected, what=what, defaults=defaults,
+                              name=f"task step {task_index}")
 
 
-def _diff(a: Any, b: Any, path: str = "", defaults: Any = None) -> list[str]:
-  """Dotted paths where two JSON values differ (lists of equal length element-wise)."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    defaults = defaults if isinstance(defaults, dict) else {}
-    out = []
-    for k in sorted(set(a) | set(b)):
-      where = f"{path}.{k}" if path else k
-      if k in a and k in b:
-        out += _diff(a[k], b[k], where, defaults.get(k))
-      elif not (k in b and k in defaults and b[k] == defaults[k]):
-        out.append(f"{where}: {_short(a.get(k, '<absent>'))} vs {_short(b.get(k, '<absent>'))}")
-    return out
-  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b:
-    return [line for i, (x, y) in enumerate(zip(a, b)) for line in _diff(x, y, f"{path}[{i}]")]
-  return [] if a == b else [f"{path}: {_short(a)} vs {_short(b)}"]
+def restore_variables(workdir: str, task_index: int, model, image_size: int, mesh) -> dict[str, Any]:
+  """Task step `task_index`'s final {'params', 'batch_stats'}, replicated over `mesh`, read-only.
 
-
-def _short(value: Any) -> str:
-  """repr, with long lists abbreviated to their ends and length."""
-  if isinstance(value, list) and len(value) > 6:
-    return f"[{', '.join(map(repr, value[:3]))}, ..., {value[-1]!r}] ({len(value)} items)"
-  return repr(value)
+  The caller checks the step's identity first (`workdir.check_step_identity`).
+  """
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+                          models.abstract_variables(model, image_size))
+  ckpt = TaskCheckpointer(workdir, task_index, read_only=True)
+  try:
+    return ckpt.restore_variables(abstract)
+  finally:
+    ckpt.close()
 
 
 def abstract_like(tree: Any) -> Any:

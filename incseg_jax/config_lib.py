@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   # evaluates it as the background channel (PLOP/UCD), "ignore" drops it (MiB).
   c.dataset.void = "background"
 
-  # Task plan (see incseg_jax/tasks.py).
+  # Task plan (see incseg_jax/tasks/).
   c.task = "15-1"
   c.setting = "overlapped"
   c.labeling = ""  # only for setting=sequential: keep | background ("" = keep).
@@ -96,13 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Method: chosen in the config argument; it fills `losses` with its terms.
   c.method = "ft"
   c.losses = ml_collections.ConfigDict()  # term name -> weight.
-  c.loss_options = ml_collections.ConfigDict()  # term name -> {option: value}.
-  # Named reference-code bugs (REFERENCE_NOTES.md), never on by default; each
-  # reproduces the public code exactly when set (docs/methods.md).
-  c.quirks = ml_collections.ConfigDict()
-  c.quirks.ucd_bilinear_labels = False  # UCD: bilinear label resize + int8 wrap + >20 -> 0
-  c.quirks.ucd_unshifted_negatives = False  # UCD: negatives summed before the max-shift
-  c.quirks.plop_histogram_median = False  # PLOP: median from bin indices, not counts
+  # term name -> {option: value}. Named reference-code bugs (REFERENCE_NOTES.md)
+  # are options of the term they change, off by default (docs/methods.md).
+  c.loss_options = ml_collections.ConfigDict()
   # Parameter-path prefixes frozen at steps > 0 on top of the method's own
   # (e.g. ("backbone/stem",)); see incseg_jax/methods/ilt.py for EF / E2LF.
   c.freeze = ()
@@ -286,8 +282,55 @@ def defaults_dict() -> dict:
   return experiment_fields(base_config())
 
 
+# The removed `config.quirks.<switch>` -> the (term, option) of
+# `config.loss_options` that replaced it.
+MOVED_QUIRKS = {
+    "ucd_bilinear_labels": ("ucd", "bilinear_labels"),
+    "ucd_unshifted_negatives": ("ucd", "unshifted_negatives"),
+    "plop_histogram_median": ("plop_ce", "histogram_median"),
+}
+
+
+def _migrate_quirks(d: dict) -> None:
+  """Moves an older version's `quirks` section into `loss_options`, in place.
+
+  Each switch becomes its term's option when the saved config has that term,
+  so an old run whose switches were all off compares equal to today's config
+  of the same method (which lists the options, off). An off switch of a term
+  the run did not use had no effect and is dropped.
+
+  Raises:
+    ValueError: a switch that was on but cannot be placed (its term is not in
+      the saved `loss_options`, or the switch is unknown).
+  """
+  quirks = d.pop("quirks", None) or {}
+  options = d.get("loss_options") or {}
+  for name, value in quirks.items():
+    if name not in MOVED_QUIRKS:
+      if value:
+        raise ValueError(f"saved config: config.quirks.{name}={value!r} is no longer supported")
+      continue
+    term, option = MOVED_QUIRKS[name]
+    if term in options:
+      if option in options[term] and options[term][option] != value:
+        raise ValueError(f"saved config: config.quirks.{name}={value!r} contradicts "
+                         f"config.loss_options.{term}.{option}={options[term][option]!r}")
+      options[term][option] = value
+    elif value:
+      raise ValueError(f"saved config: config.quirks.{name}=True moved to config.loss_options.{term}.{option}, "
+                       f"but the saved config has no {term!r} loss term (loss_options: {sorted(options)}); "
+                       "the switch had no effect on that run: remove it from the saved config.json")
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
-  """Rebuilds a config saved with `to_json` (lists come back as tuples)."""
+  """Rebuilds a config saved with `to_json` (lists come back as tuples).
+
+  A config saved by an older version is migrated: its `quirks` section moves
+  into `loss_options` (see `MOVED_QUIRKS`).
+
+  Raises:
+    ValueError: an old `quirks` switch that was on and cannot be migrated.
+  """
 
   def fix(x):
     if isinstance(x, dict):
@@ -296,7 +339,9 @@ def from_json(text: str) -> ml_collections.ConfigDict:
       return tuple(fix(v) for v in x)
     return x
 
-  return ml_collections.ConfigDict(fix(json.loads(text)))
+  d = fix(json.loads(text))
+  _migrate_quirks(d)
+  return ml_collections.ConfigDict(d)
 
 
 

@@ -15,12 +15,12 @@ from absl import flags
 from absl import logging
 
 from incseg_jax import checkpointing
-from incseg_jax import config_lib
+from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import reporting
 from incseg_jax import runtime
 from incseg_jax import sharding
-from incseg_jax import train
+from incseg_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Task step to evaluate (default: the last finished one).")
@@ -34,13 +34,9 @@ def evaluate(workdir: str, task_index: int | None = None) -> dict:
   Raises:
     ValueError: no run there, or the step does not exist / has no checkpoint.
   """
-  path = os.path.join(workdir, train.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise ValueError(f"--workdir={workdir}: no {train.CONFIG_FILE}, not a run directory")
-  with open(path) as f:
-    config = config_lib.from_json(f.read())
+  config = workdir_lib.read_config(workdir)
   exp = experiment_lib.build(config)
-  n = len(exp.plan.steps)
+  n = exp.num_steps
   if task_index is None:
     finished = [k for k in range(n) if checkpointing.is_done(workdir, k)]
     if not finished:
@@ -51,11 +47,11 @@ def evaluate(workdir: str, task_index: int | None = None) -> dict:
   if not os.path.isdir(checkpointing.task_dir(workdir, task_index)):
     raise ValueError(f"--step={task_index}: no checkpoint for this task step in {workdir}")
   mesh = sharding.make_mesh()
-  variables = train.restore_teacher(exp, workdir, task_index, mesh)
-  metrics = train.evaluate_step(exp, variables, task_index, mesh)
+  spec = exp.step(task_index)
+  variables = workdir_lib.restore_step(exp, workdir, task_index, mesh)
+  metrics = evaluation.evaluate_step(exp, spec, variables, mesh)
   done = checkpointing.read_done(workdir, task_index) if checkpointing.is_done(workdir, task_index) else {}
-  record = reporting.step_record(exp, task_index, metrics, train_seconds=0.0,
-                                 skipped_batches=done.get("skipped_batches", 0))
+  record = reporting.step_record(exp, spec, metrics, train_seconds=0.0, skipped_batches=done.get("skipped_batches", 0))
   res = reporting.results(exp, [record])
   print(reporting.step_line(record))
   print(reporting.per_class_table(res))

@@ -1,26 +1,33 @@
-"""Segmentation evaluation: confusion matrix on device, scores on host.
+"""Segmentation evaluation: the eval step, confusion matrix on device, scores on host.
 
-:func:`confusion_matrix` runs inside ``jit`` on a batch of label/prediction maps and
-returns an ``int32`` ``(C, C)`` matrix. Sum the per-batch matrices on the host in
-``int64`` (a whole validation set can exceed 2**31 pixels), then call
-:func:`segmentation_metrics` once on the sum: every score is a ratio of sums over the
-whole split, never a mean of per-image scores (REFERENCE_NOTES item 11).
+`confusion_matrix` runs inside `jit` on a batch of label/prediction maps and
+returns an int32 (C, C) matrix. `evaluate_step` sums the per-batch matrices of
+a whole split on the host in int64 (a validation set can exceed 2**31 pixels)
+and calls `segmentation_metrics` once on the sum: every score is a ratio of
+sums over the whole split, never a mean of per-image scores (REFERENCE_NOTES
+item 11).
 
-Rows are ground truth, columns are predictions, indices are model channels (channel 0
-= background). Use a step's ``eval_lut`` (:mod:`incseg_jax.tasks`) to map dataset labels
-to channels first.
+Rows are ground truth, columns are predictions, indices are model channels
+(channel 0 = background); a step's `eval_lut` (incseg_jax/tasks) maps dataset
+labels to channels first.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["confusion_matrix", "segmentation_metrics"]
+from incseg_jax import hooks as hooks_lib
+from incseg_jax import sharding
+from incseg_jax.data import pipeline
+
+__all__ = ["confusion_matrix", "evaluate_step", "make_eval_step", "segmentation_metrics"]
 
 
 def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = 255) -> jax.Array:
@@ -28,15 +35,15 @@ def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = 255) -
 
   Args:
     labels: Ground-truth channel ids, any integer dtype and shape.
-    preds: Predicted channel ids, same shape as ``labels``.
-    num_classes: ``C``, the number of channels (static under ``jit``).
-    ignore_label: Label value to skip (static under ``jit``).
+    preds: Predicted channel ids, same shape as `labels`.
+    num_classes: `C`, the number of channels (static under `jit`).
+    ignore_label: Label value to skip (static under `jit`).
 
   Returns:
-    ``int32`` array of shape ``(C, C)``; entry ``[g, p]`` counts pixels with ground
-    truth ``g`` predicted as ``p``. Pixels whose label equals ``ignore_label``, is
-    negative or is ``>= C`` are skipped, and so are pixels whose prediction is
-    outside ``[0, C)`` (an argmax over ``C`` channels never produces one; counting
+    `int32` array of shape `(C, C)`; entry `[g, p]` counts pixels with ground
+    truth `g` predicted as `p`. Pixels whose label equals `ignore_label`, is
+    negative or is `>= C` are skipped, and so are pixels whose prediction is
+    outside `[0, C)` (an argmax over `C` channels never produces one; counting
     them would spill into the next row).
   """
   num_classes = int(num_classes)
@@ -94,25 +101,25 @@ def segmentation_metrics(
 ) -> dict:
   """Scores from a summed confusion matrix, in float64.
 
-  Per class ``c`` with ``TP = conf[c, c]``, ``GT = conf[c].sum()`` and
-  ``Pred = conf[:, c].sum()``:
+  Per class `c` with `TP = conf[c, c]`, `GT = conf[c].sum()` and
+  `Pred = conf[:, c].sum()`:
 
-  * ``iou[c] = TP / (GT + Pred - TP)``: None when the union is empty. A class absent
+  * `iou[c] = TP / (GT + Pred - TP)`: None when the union is empty. A class absent
    from the ground truth but predicted has IoU 0 in the list, yet is left out of
    every mean.
-  * ``acc[c] = TP / GT`` (per-class pixel accuracy, i.e. recall; the first paper's
-   PA): None when ``GT = 0``.
+  * `acc[c] = TP / GT` (per-class pixel accuracy, i.e. recall; the first paper's
+   PA): None when `GT = 0`.
 
   Means (REFERENCE_NOTES item 11) over classes *present in the ground truth*
-  (``GT > 0``):
+  (`GT > 0`):
 
-  * ``miou``: every channel, background included.
-  * ``miou_old``: ``old_channels`` without background (MiB/UCD tables' "old").
-  * ``miou_old_bg``: ``old_channels`` plus background (PLOP's "old").
-  * ``miou_new``: ``new_channels``.
-  * ``miou_fg``: every foreground channel (1..C-1).
-  * ``mean_class_acc``: mean per-class accuracy (the first paper's mCA).
-  * ``pixel_acc = trace / total``: overall pixel accuracy. The first paper (ILT
+  * `miou`: every channel, background included.
+  * `miou_old`: `old_channels` without background (MiB/UCD tables' "old").
+  * `miou_old_bg`: `old_channels` plus background (PLOP's "old").
+  * `miou_new`: `new_channels`.
+  * `miou_fg`: every foreground channel (1..C-1).
+  * `mean_class_acc`: mean per-class accuracy (the first paper's mCA).
+  * `pixel_acc = trace / total`: overall pixel accuracy. The first paper (ILT
    journal, section 5) lists "mean PA (mPA)" with the FCN metrics of its ref. [56]
    and no formula; we read it as this global ratio (FCN's "pixel accuracy"), since
    its tables report mPA well above both mCA and mIoU (e.g. 93.9 vs 84.2 and 73.6),
@@ -121,23 +128,23 @@ def segmentation_metrics(
   Empty groups (nothing present) give None, never an exception.
 
   Args:
-    conf: ``(C, C)`` confusion matrix, rows ground truth, columns predictions,
+    conf: `(C, C)` confusion matrix, rows ground truth, columns predictions,
       summed over the evaluation set.
     old_channels: Old foreground channel ids of the evaluated step (a channel 0 in
-      here is dropped from ``miou_old``; it is always in ``miou_old_bg``).
+      here is dropped from `miou_old`; it is always in `miou_old_bg`).
     new_channels: New channel ids of the evaluated step.
     class_names: Optional names, one per channel, copied into the result.
 
   Returns:
-    A JSON-serialisable dict with keys ``miou``, ``miou_old``, ``miou_old_bg``,
-    ``miou_new``, ``miou_fg``, ``pixel_acc``, ``mean_class_acc`` (floats or None),
-    ``iou`` and ``acc`` (lists of float or None, one per channel), ``present`` (list
-    of bool, class in ground truth), ``num_pixels`` (int), ``num_classes`` (int) and
-    ``class_names`` when given.
+    A JSON-serialisable dict with keys `miou`, `miou_old`, `miou_old_bg`,
+    `miou_new`, `miou_fg`, `pixel_acc`, `mean_class_acc` (floats or None),
+    `iou` and `acc` (lists of float or None, one per channel), `present` (list
+    of bool, class in ground truth), `num_pixels` (int), `num_classes` (int) and
+    `class_names` when given.
 
   Raises:
-    ValueError: If ``conf`` is not square, holds negative counts, or a channel list
-      or ``class_names`` does not fit ``C``.
+    ValueError: If `conf` is not square, holds negative counts, or a channel list
+      or `class_names` does not fit `C`.
   """
   counts = np.asarray(conf)
   if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -187,3 +194,42 @@ def segmentation_metrics(
   if class_names is not None:
     out["class_names"] = [str(n) for n in class_names]
   return out
+
+
+def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Callable:
+  """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch."""
+
+  def step(variables, batch):
+    # "valid" (real pixels of images padded to a common shape) keeps the
+    # image pooling of padded evaluation images to their real extent.
+    logits = model.apply(variables, batch["image"], train=False, valid=batch.get("valid"))["logits"]
+    preds = jnp.argmax(logits, axis=-1)
+    return confusion_matrix(batch["label"], preds, num_channels, ignore_label)
+
+  return jax.jit(step)
+
+
+def evaluate_step(exp, spec, variables: Any, mesh, hooks: hooks_lib.Hooks = hooks_lib.NONE) -> dict[str, Any]:
+  """Metrics of the model after task step `spec.index` on the experiment's eval split.
+
+  Args:
+    exp: the `experiment.Experiment` (eval split, config, plan).
+    spec: the task step's `experiment.StepSpec` (model, eval labels, channels).
+    variables: the model's variables after the step.
+    mesh: the device mesh; batches are sharded over its data axis.
+    hooks: observation points (see incseg_jax/hooks.py).
+
+  Returns:
+    `segmentation_metrics` of the whole split.
+  """
+  step = spec.task
+  cfg = exp.config
+  eval_fn = make_eval_step(spec.model, step.num_channels, exp.plan.ignore_label)
+  conf = np.zeros((step.num_channels, step.num_channels), np.int64)
+  batches = pipeline.eval_batches(exp.eval_split, step.eval_lut, cfg.input, batch_size=cfg.eval_batch_size,
+                                  bucket=cfg.get("eval_bucket", 0), ignore_label=exp.plan.ignore_label)
+  for i, batch in enumerate(batches):
+    conf += np.asarray(jax.device_get(eval_fn(variables, sharding.put_batch(batch, mesh))), np.int64)
+    hooks.after_eval_batch(spec.index, i + 1)
+  return segmentation_metrics(conf, old_channels=step.old_channels, new_channels=step.new_channels,
+                              class_names=exp.channel_names[:step.num_channels])

@@ -1,36 +1,75 @@
-"""Everything derived from a config before any training: data, plan, method.
+"""The resolved experiment: data, task plan and method, and one `StepSpec` per task step.
 
-Both `train.run` and `evaluate` build an `Experiment` first, so every bad
-input (unknown dataset/scenario/method/setting/order, a class order that is
-not a permutation, a task step with no training image) fails here, before a
-single train step, with a message naming the field.
+`build(config)` reads the dataset (building its records once), resolves the
+class order and the task plan, and picks each step's training images.
+`Experiment.step(k)` then answers every per-step question once: the model and
+the teacher model, the training images and the number of train steps, the
+learning rate, the frozen parameters and the active loss terms. The trainer,
+the up-front checks (validate.py), the method's `prepare` hook, evaluation
+and reporting all read the same `StepSpec`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any, Iterator
 
 import numpy as np
 
+from incseg_jax import losses as losses_lib
 from incseg_jax import methods
 from incseg_jax import models
-from incseg_jax import sharding
 from incseg_jax import tasks
 from incseg_jax.data import pipeline
 from incseg_jax.data import registry
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepSpec:
+  """Everything about one task step that follows from the config and the data.
+
+  Attributes:
+    index: the task step (0 = base step).
+    task: its `tasks.TaskStep` (classes, channels, label tables).
+    info: the static facts the loss terms see (`losses.TaskInfo`).
+    model: the model definition after this step (one head per step so far).
+    teacher_model: the previous step's model definition (None at step 0).
+    indices: training example indices of this step (after the setting's filter).
+    num_train_steps: length of the step's schedule in train steps.
+    learning_rate: the schedule's starting learning rate.
+    frozen: parameter-path prefixes that receive no update in this step (the
+      method's and `config.freeze` after step 0; every BatchNorm with
+      `model.bn_frozen`).
+    terms: (name, weight, options) of the loss terms this step trains with.
+  """
+  index: int
+  task: tasks.TaskStep
+  info: losses_lib.TaskInfo
+  model: models.SegModel
+  teacher_model: models.SegModel | None
+  indices: np.ndarray
+  num_train_steps: int
+  learning_rate: float
+  frozen: tuple[str, ...]
+  terms: tuple[tuple[str, float, dict[str, Any]], ...]
+
+
 @dataclasses.dataclass
 class Experiment:
   """The resolved experiment (see module docstring)."""
-  config: object
+  config: Any
   meta: registry.DatasetMeta
   train_split: pipeline.EncodedSplit
   eval_split: pipeline.EncodedSplit
   plan: tasks.TaskPlan
   method: methods.Method
   step_indices: list[np.ndarray]  # training example indices per task step
+  _specs: dict[int, StepSpec] = dataclasses.field(default_factory=dict, repr=False)
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.plan.steps)
 
   @property
   def channel_names(self) -> list[str]:
@@ -40,87 +79,85 @@ class Experiment:
     """The model definition after task step `task_index` (one head per step)."""
     return models.build_model(self.config.model, self.plan.classes_per_step[:task_index + 1])
 
-  def num_train_steps(self, task_index: int) -> int:
+  def step(self, task_index: int) -> StepSpec:
+    """The `StepSpec` of task step `task_index` (computed once)."""
+    if task_index not in self._specs:
+      self._specs[task_index] = self._make_step(task_index)
+    return self._specs[task_index]
+
+  def _make_step(self, k: int) -> StepSpec:
+    cfg = self.config
+    step = self.plan.steps[k]
+    model = self.model(k)
+    frozen = methods.frozen_prefixes(self.method, cfg) if k > 0 else ()
+    if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
+      frozen += models.batchnorm_prefixes(models.abstract_variables(model, cfg.input.crop_size))
+    info = losses_lib.TaskInfo(index=k, num_channels=step.num_channels, old_channels=step.old_channels,
+                               new_channels=step.new_channels, ignore_label=self.plan.ignore_label)
+    return StepSpec(index=k, task=step, info=info, model=model,
+                    teacher_model=self.model(k - 1) if k > 0 else None, indices=self.step_indices[k],
+                    num_train_steps=self._num_train_steps(k),
+                    learning_rate=cfg.schedule.base_lr if k == 0 else cfg.schedule.inc_lr, frozen=frozen,
+                    terms=tuple(methods.active_terms(cfg, k)))
+
+  def _num_train_steps(self, k: int) -> int:
     """Length of a task step's schedule in train steps (see config.schedule)."""
     s = self.config.schedule
-    length = s.base_length if task_index == 0 else s.inc_length
+    length = s.base_length if k == 0 else s.inc_length
     if s.unit == "steps":
       return int(length)
     if s.unit == "epochs":
-      per_epoch = -(-len(self.step_indices[task_index]) // self.config.input.batch_size)
-      return int(length * per_epoch)
+      return int(length * self.batches_per_epoch(k))
     if s.unit == "steps_per_class":
-      return int(length * len(self.plan.steps[task_index].new_classes))
+      return int(length * len(self.plan.steps[k].new_classes))
     raise ValueError(f"config.schedule.unit={s.unit!r}: expected steps, epochs or steps_per_class")
 
-  @property
-  def frozen_prefixes(self) -> tuple[str, ...]:
-    """Parameter prefixes frozen at steps > 0: the method's plus config.freeze."""
-    return tuple(dict.fromkeys(tuple(self.method.frozen) + tuple(self.config.freeze)))
+  def batches_per_epoch(self, task_index: int) -> int:
+    """Train steps that see each of the step's images once (the last batch filled up)."""
+    return -(-len(self.step_indices[task_index]) // self.config.input.batch_size)
 
-  def learning_rate(self, task_index: int) -> float:
-    return self.config.schedule.base_lr if task_index == 0 else self.config.schedule.inc_lr
+  def train_batches(self, spec: StepSpec, start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    """This host's training batches of train steps [start, stop) of `spec`'s task step.
 
-
-VOID_CHOICES = ("background", "ignore")
+    Batch t is the same whoever asks (the trainer, a resume, a `prepare` hook):
+    order and augmentation are functions of (seed, task step, sample position).
+    """
+    return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
+                                  seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
+                                  ignore_label=self.plan.ignore_label)
 
 
 def plan_only(config, meta: registry.DatasetMeta, pixel_counts=None) -> tasks.TaskPlan:
   """The task plan of `config` (training-set pixel counts needed for frequency order).
 
   A class order named in `meta.named_orders` (a published order such as VOC's
-  "ilt_frequency") is replaced by its explicit list. With
-  `config.dataset.void="ignore"` on a dataset whose label 0 is void, label 0
-  is ignored in training and evaluation (MiB's ADE20K convention) instead of
-  being the background channel.
+  "ilt_frequency") is replaced by its explicit list. The label policy (void in
+  training, label 0, unseen classes in evaluation) comes from the dataset,
+  `config.dataset.void` and the method.
   """
   method = methods.get(config.method)
   order = meta.named_orders.get(config.class_order, config.class_order)
-  plan = tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
+  return tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
                          order=order, seed=config.order_seed, pixel_counts=pixel_counts,
-                         ignore_label=meta.ignore_label, void_as_background=method.void_as_background,
-                         unseen_eval=method.unseen_eval)
-  void = config.dataset.get("void", "background")
-  if void not in VOID_CHOICES:
-    raise ValueError(f"config.dataset.void={void!r}: expected one of {', '.join(VOID_CHOICES)}")
-  if void == "ignore":
-    if not meta.void_is_zero:
-      raise ValueError(f"config.dataset.void='ignore': label 0 of dataset {meta.name!r} is a real class "
-                       f"({meta.class_names[0]!r}), not void; only datasets with a void label 0 "
-                       "(ade20k, cityscapes) accept it")
-    plan = dataclasses.replace(plan, steps=tuple(_ignore_zero(step, meta.ignore_label) for step in plan.steps))
-  return plan
+                         ignore_label=meta.ignore_label, policy=label_policy(config, meta, method))
 
 
-def _ignore_zero(step: tasks.TaskStep, ignore_label: int) -> tasks.TaskStep:
-  """`step` with raw label 0 mapped to the ignore label in both LUTs."""
-  luts = {}
-  for name in ("train_lut", "eval_lut"):
-    lut = np.array(getattr(step, name))
-    lut[0] = ignore_label
-    lut.setflags(write=False)
-    luts[name] = lut
-  return dataclasses.replace(step, **luts)
+def label_policy(config, meta: registry.DatasetMeta, method: methods.Method) -> tasks.LabelPolicy:
+  """How raw labels become targets in this experiment (see `tasks.LabelPolicy`)."""
+  return tasks.LabelPolicy.for_dataset(void_is_zero=meta.void_is_zero, zero_name=meta.class_names[0],
+                                       dataset_void=config.dataset.get("void", "background"),
+                                       void_as_background=method.void_as_background,
+                                       unseen_eval=method.unseen_eval, dataset_name=meta.name)
 
 
 def build(config) -> Experiment:
-  """Validates `config`, prepares the data and resolves the task plan.
+  """Reads the data and resolves the task plan of a config `validate.config` accepted.
 
   Raises:
-    ValueError: with a message naming the config field for any bad input.
+    ValueError: with a message naming the config field or the data at fault
+      (an order that is not a permutation, a step without training images).
   """
-  method = methods.check_config(config)
-  for field in ("input.batch_size", "eval_batch_size", "schedule.base_length", "schedule.inc_length"):
-    value = config
-    for part in field.split("."):
-      value = value[part]
-    if value <= 0:
-      raise ValueError(f"config.{field} must be positive, got {value}")
-  sharding.check_batch_size(config.input.batch_size, "config.input.batch_size")
-  sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  _check_pretrained(config)
-  # The scenario against the dataset's class count, before any data is built or read.
-  tasks.parse_scenario(config.task, registry.num_classes(config.dataset.name) - 1)
+  method = methods.get(config.method)
   builder, meta = registry.load(config.dataset)
   train_split = pipeline.load_split(builder, config.dataset.train_split)
   eval_split = pipeline.load_split(builder, config.dataset.eval_split)
@@ -131,37 +168,9 @@ def build(config) -> Experiment:
   step_indices = [np.asarray(ix, np.int64) for ix in tasks.step_image_indices(plan, train_split.classes)]
   image_counts = [len(ix) for ix in step_indices]
   tasks.check_nonempty(plan, image_counts)
-  exp = Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
-                   method=method, step_indices=step_indices)
-  _check_frozen(exp)
   logging.info("%s", plan.describe(meta.class_names))
   for step, n in zip(plan.steps, image_counts):
     logging.info("task step %d: %d training images, new classes %s", step.index, n,
                  [meta.class_names[c] for c in step.new_classes])
-  return exp
-
-
-def _check_pretrained(config) -> None:
-  """Checks `config.pretrained` fully (file, layout, names, shapes) before any data or training."""
-  path = config.get("pretrained", "")
-  if path:
-    from incseg_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-    pretrained.validate(path, config.model)
-  elif config.dataset.name != "shapes" and config.model.backbone != "resnet_small":
-    print(f"note: {config.model.backbone} starts from random weights; both papers start from ImageNet "
-          "weights (--config.pretrained=/path/to/resnet.npz, see README)", flush=True)
-
-
-def _check_frozen(exp: Experiment) -> None:
-  """Every frozen prefix must name parameters of the model (catches typos early)."""
-  if not exp.frozen_prefixes:
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  from incseg_jax import train_step  # pylint: disable=g-import-not-at-top
-  abstract = jax.eval_shape(lambda: models.init_variables(exp.model(0), jax.random.key(0), 32))
-  paths = [train_step.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract["params"])]
-  for prefix in exp.frozen_prefixes:
-    if not any(train_step.is_frozen(p, (prefix,)) for p in paths):
-      tops = sorted({"/".join(p.split("/")[:2]) for p in paths})
-      raise ValueError(f"frozen prefix {prefix!r} (method {exp.config.method!r} / config.freeze) matches no "
-                       f"parameter; parameter groups: {', '.join(tops)}")
+  return Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
+                    method=method, step_indices=step_indices)

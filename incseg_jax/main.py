@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from incseg_jax import hooks
 from incseg_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
@@ -22,7 +23,7 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def main(argv, run_hooks: hooks.Hooks = hooks.NONE):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
@@ -31,7 +32,7 @@ def main(argv):
   # Imported here so that a bad flag is reported before TensorFlow and orbax load.
   from incseg_jax import train  # pylint: disable=g-import-not-at-top
   with runtime.clear_errors():
-    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
+    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value, hooks=run_hooks)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any, Sequence
 
-from incseg_jax import checkpointing
+from incseg_jax import files
 
 
 def _pct(v) -> str:
@@ -28,23 +28,23 @@ def _classes(names: Sequence[str]) -> str:
   return f"{len(names)} classes ({names[0]}..{names[-1]})"
 
 
-def step_record(exp, task_index: int, metrics: dict[str, Any], train_seconds: float,
+def step_record(exp, spec, metrics: dict[str, Any], train_seconds: float,
                 skipped_batches: int = 0) -> dict[str, Any]:
-  """The record of one finished task step.
+  """The record of one finished task step (`spec`: its `experiment.StepSpec`).
 
   `seconds` is the only timing field (it differs between identical runs);
   `skipped_batches` counts batches left out as non-finite (config.nonfinite=skip).
   """
-  step = exp.plan.steps[task_index]
+  step = spec.task
   names = exp.meta.class_names
   return {
-      "task_step": task_index,
+      "task_step": spec.index,
       "new_classes": [names[c] for c in step.new_classes],
       "old_classes": [names[c] for c in step.old_classes],
       "new_channels": list(step.new_channels),
       "old_channels": list(step.old_channels),
-      "num_train_images": int(len(exp.step_indices[task_index])),
-      "num_train_steps": int(exp.num_train_steps(task_index)),
+      "num_train_images": int(len(spec.indices)),
+      "num_train_steps": int(spec.num_train_steps),
       "seconds": round(float(train_seconds), 2),
       "skipped_batches": int(skipped_batches),
       "metrics": metrics,
@@ -131,11 +131,11 @@ def to_csv(res: dict[str, Any]) -> str:
 
 def write_all(workdir: str, res: dict[str, Any]) -> None:
   """Writes results.json, results.md and results.csv (each atomically)."""
-  checkpointing.write_json_atomic(os.path.join(workdir, "results.json"), res)
-  checkpointing.write_text_atomic(os.path.join(workdir, "results.md"),
+  files.write_json_atomic(os.path.join(workdir, "results.json"), res)
+  files.write_text_atomic(os.path.join(workdir, "results.md"),
               final_table(res) + "\n\nPer-class IoU (%):\n\n" + per_class_table(res, "iou")
               + "\n\nPer-class pixel accuracy (%):\n\n" + per_class_table(res, "acc") + "\n")
-  checkpointing.write_text_atomic(os.path.join(workdir, "results.csv"), to_csv(res))
+  files.write_text_atomic(os.path.join(workdir, "results.csv"), to_csv(res))
 
 
 def _mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:

@@ -16,6 +16,8 @@ import sys
 
 import jax
 
+from incseg_jax import config_lib
+
 
 def cache_dir() -> str:
   return os.environ.get("INCSEG_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "incseg_jax", "xla")
@@ -72,6 +74,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (KeyError, AttributeError) as e:
     # ml_collections raises these (with a traceback) for an override of a
     # field the config does not have.
+    moved = _moved_quirk(argv)
+    if moved:
+      print(f"error: {moved}", file=sys.stderr, flush=True)
+      sys.exit(2)
     key = str(e).strip("\"' ")
     args = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith("." + key)]
     where = args[0] if args else f"a --config.<...>.{key} override"
@@ -79,6 +85,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"error: {where}: the config has no field {key!r} there{hint}; pass --helpfull to see the fields",
           file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _moved_quirk(argv: list[str]) -> str | None:
+  """The message for a `--config.quirks.<switch>` override (a removed field), else None."""
+  for arg in argv:
+    name, sep, value = arg.partition("=")
+    if not name.startswith("--config.quirks."):
+      continue
+    switch = name[len("--config.quirks."):]
+    if switch not in config_lib.MOVED_QUIRKS:
+      return (f"{name}: config.quirks.* moved to options of the loss terms; known switches: "
+              + ", ".join(f"--config.loss_options.{t}.{o}" for t, o in config_lib.MOVED_QUIRKS.values()))
+    term, option = config_lib.MOVED_QUIRKS[switch]
+    return (f"config.quirks.* moved: use --config.loss_options.{term}.{option}{sep}{value} instead of {arg} "
+            f"(an option of the {term!r} loss term, so the method must have that term)")
+  return None
 
 
 # absl's text for a value its parser rejects: "flag --name=value: reason".

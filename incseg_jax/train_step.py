@@ -1,4 +1,4 @@
-"""The jitted train step (student + frozen teacher + every loss term) and eval step.
+"""The jitted train step: student + frozen teacher + every loss term, one update.
 
 One `jax.jit` computes the teacher forward (previous step's variables, under
 `stop_gradient`, never differentiated nor donated), the student forward, the
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from incseg_jax import evaluation
 from incseg_jax import losses as losses_lib
+from incseg_jax import models
 
 
 class TrainState(struct.PyTreeNode):
@@ -43,20 +43,6 @@ class TrainState(struct.PyTreeNode):
   skipped: jax.Array = 0
 
 
-def path_str(path) -> str:
-  """'backbone/stage1/block0/conv1/kernel' for a tree_util key path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
-def is_frozen(path: str, frozen: Sequence[str]) -> bool:
-  return any(path == p or path.startswith(p.rstrip("/") + "/") for p in frozen)
-
-
-def frozen_mask(tree: Any, frozen: Sequence[str]) -> Any:
-  """A pytree of bools: True for leaves under one of the `frozen` prefixes."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: is_frozen(path_str(p), frozen), tree)
-
-
 def lr_schedule(start: float, end: float, power: float, num_steps: int) -> optax.Schedule:
   """Polynomial decay from `start` to `end` over `num_steps` (both papers' 'poly')."""
   return optax.polynomial_schedule(init_value=start, end_value=end, power=power, transition_steps=max(num_steps, 1))
@@ -73,13 +59,13 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Seq
                    optax.sgd(schedule, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov))
   if not frozen:
     return tx
-  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, frozen))
+  labels = jax.tree.map(lambda f: "frozen" if f else "train", models.frozen_mask(params, frozen))
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequence[tuple[str, float, dict]],
                     task: losses_lib.TaskInfo, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    frozen: Sequence[str] = (), quirks: dict | None = None) -> Callable:
+                    frozen: Sequence[str] = ()) -> Callable:
   """Builds the jitted update for one task step.
 
   Args:
@@ -90,7 +76,6 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     tx: the optimizer.
     schedule: the learning-rate schedule (for logging only).
     frozen: parameter-path prefixes whose params and batch_stats must not change.
-    quirks: named reference-code switches, passed to the losses.
 
   Returns:
     `step(state, teacher_variables, batch, key, extras=None) -> (state, metrics)`, jitted,
@@ -101,7 +86,6 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     and `finite` (False: the update was not applied, see the module doc).
   """
   fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms]
-  quirks = dict(quirks or {})
 
   def step(state: TrainState, teacher_variables: Any, batch: dict, key: jax.Array, extras: dict | None = None):
     images, labels = batch["image"], batch["label"]
@@ -114,7 +98,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       out, mutated = student.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": rng})
       inputs = losses_lib.LossInputs(student=out, teacher=teacher_out, labels=labels, images=images, task=task,
-                                     quirks=quirks, extras=extras or {})
+                                     extras=extras or {})
       values = {name: fn(inputs, **opts) for name, _, fn, opts in fns}
       total = sum(weight * values[name] for name, weight, _, _ in fns)
       return total, (values, mutated["batch_stats"])
@@ -134,7 +118,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       params = optax.apply_updates(params, updates)
       if frozen:
         # BatchNorm statistics are not parameters: keep the frozen ones explicitly.
-        mask = frozen_mask(new_stats, frozen)
+        mask = models.frozen_mask(new_stats, frozen)
         new_stats = jax.tree.map(lambda m, old, new: old if m else new, mask, stats, new_stats)
       return params, opt_state, new_stats
 
@@ -167,16 +151,3 @@ def _advance_schedules(opt_state: Any) -> Any:
 def make_teacher_forward(model: nn.Module) -> Callable:
   """Jitted eval-mode forward `(variables, images) -> outputs dict` (for `prepare` hooks)."""
   return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-
-
-def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Callable:
-  """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch."""
-
-  def step(variables, batch):
-    # "valid" (real pixels of images padded to a common shape) keeps the
-    # image pooling of padded evaluation images to their real extent.
-    logits = model.apply(variables, batch["image"], train=False, valid=batch.get("valid"))["logits"]
-    preds = jnp.argmax(logits, axis=-1)
-    return evaluation.confusion_matrix(batch["label"], preds, num_channels, ignore_label)
-
-  return jax.jit(step)

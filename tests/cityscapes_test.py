@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from incseg_jax import tasks
 from incseg_jax.data import cityscapes
 from incseg_jax.data import folder
 from incseg_jax.testing import fake_cityscapes
-
-
-def _read_all(builder, split: str) -> dict[str, dict]:
-  """id -> example (numpy) of one split."""
-  return {ex["id"].decode(): ex for ex in builder.as_dataset(split=split).as_numpy_iterator()}
+from tests.real_datasets_common_test import read_split
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +21,12 @@ def built(tmp_path_factory):
   config = cityscapes.resolve_config(root, "auto")
   builder = folder.prepare(cityscapes.Builder, data_dir=str(tmp_path_factory.mktemp("tfds")),
                            manual_dir=root, config=config)
-  examples = {split: _read_all(builder, split) for split in ("train", "val")}
+  examples = {split: read_split(builder, split) for split in ("train", "val")}
   return fake, builder, examples
 
 
-def test_module_interface():
-  assert cityscapes.NAME == "cityscapes"
-  assert cityscapes.NUM_CLASSES == 20 == len(cityscapes.CLASS_NAMES)
-  assert cityscapes.IGNORE_LABEL == 255
-  assert cityscapes.VOID_IS_ZERO
-  assert (cityscapes.TRAIN_SPLIT, cityscapes.EVAL_SPLIT) == ("train", "val")
-  assert cityscapes.PALETTE.shape == (20, 3) and cityscapes.PALETTE.dtype == np.uint8
-  assert cityscapes.Builder.name == "incseg_cityscapes"
-  assert cityscapes.Builder.NUM_CLASSES == cityscapes.NUM_CLASSES
-
-
 def test_class_order_is_ucd_convention():
+  # The constants every dataset module has are checked in real_datasets_common_test.py.
   names = cityscapes.CLASS_NAMES
   assert names[0] == "void"
   assert names[1:14] == ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
@@ -50,38 +35,15 @@ def test_class_order_is_ucd_convention():
   assert names[14:20] == ("car", "truck", "bus", "train", "motorcycle", "bicycle")
 
 
-@pytest.mark.parametrize("requested", ["", "auto", "default", " Auto ", None])
-def test_resolve_config(requested):
-  assert cityscapes.resolve_config("/nowhere", requested, data_dir="/tmp") == "default"
-
-
-def test_resolve_config_rejects_unknown():
-  with pytest.raises(ValueError, match="'coarse'.*valid: 'default'"):
-    cityscapes.resolve_config("/nowhere", "coarse")
-
-
-def test_splits_and_ids(built):
-  fake, builder, examples = built
-  assert set(builder.info.splits.keys()) == {"train", "val"}
-  for split in ("train", "val"):
-    assert sorted(examples[split]) == fake["ids"][split]
-
-
 def test_records_sorted_by_id(built):
   fake, builder, _ = built
   records = builder.list_records(fake["root"])
   assert [r.id for r in records["train"]] == fake["ids"]["train"]
 
 
-def test_masks_match_independent_mapping(built):
-  fake, _, examples = built
-  for split in ("train", "val"):
-    for example_id, ex in examples[split].items():
-      np.testing.assert_array_equal(ex["label"][..., 0], fake["masks"][example_id])
-
-
 def test_fake_tree_covers_every_label_id(built):
-  # Guards the test above: every labelId 0..33, void ones included, occurs.
+  # Guards the mask check of real_datasets_common_test.py (same fake tree): every labelId 0..33, void ones
+  # included, occurs.
   fake, _, _ = built
   for split in ("train", "val"):
     values = np.unique(np.concatenate([fake["label_ids"][i].ravel() for i in fake["ids"][split]]))
@@ -97,40 +59,12 @@ def test_void_is_zero_and_nothing_ignored(built):
     assert not (label == cityscapes.IGNORE_LABEL).any()
 
 
-def test_images_and_size(built):
+def test_images_match_the_files(built):
+  # Ids, masks, sizes and pixel statistics are checked for every dataset in real_datasets_common_test.py.
   fake, _, examples = built
   for split in ("train", "val"):
     for example_id, ex in examples[split].items():
       np.testing.assert_array_equal(ex["image"], fake["images"][example_id])
-      assert ex["size"].tolist() == [fake_cityscapes.HEIGHT, fake_cityscapes.WIDTH]
-
-
-def test_classes_and_pixel_counts(built):
-  _, _, examples = built
-  for split in ("train", "val"):
-    for ex in examples[split].values():
-      counts = np.bincount(ex["label"].ravel(), minlength=256)[:cityscapes.NUM_CLASSES]
-      np.testing.assert_array_equal(ex["pixel_counts"], counts)
-      assert ex["pixel_counts"].sum() == ex["label"].size
-      np.testing.assert_array_equal(ex["classes"], np.flatnonzero(counts[1:]) + 1)
-
-
-def test_frequency_order(built):
-  fake, _, examples = built
-  stored = sum(ex["pixel_counts"] for ex in examples["train"].values())
-  order = tasks.resolve_class_order("frequency", cityscapes.NUM_CLASSES - 1, pixel_counts=stored)
-  counts = np.bincount(np.concatenate([fake["masks"][i].ravel() for i in fake["ids"]["train"]]),
-                       minlength=20)
-  expected = sorted(range(1, 20), key=lambda c: (-counts[c], c))
-  assert order == tuple(expected)
-  assert order != tuple(range(1, 20))  # the fake data is not trivially in id order
-
-
-def test_metadata(built):
-  _, builder, _ = built
-  assert builder.info.metadata["class_names"] == list(cityscapes.CLASS_NAMES)
-  assert builder.info.metadata["palette"] == cityscapes.PALETTE.tolist()
-  assert not builder.info.metadata["skipped_records"]
 
 
 def test_parent_with_single_cityscapes_dir_is_accepted(tmp_path):

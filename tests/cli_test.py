@@ -52,6 +52,8 @@ def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
        "--config.seed=1.5: config.seed expects an integer, got '1.5'"),
       (["--config=configs/shapes.py:runlocal", "--config.loss_options.ce.weight=2"],
        "--config.loss_options.ce.weight: the config has no field 'weight' there"),
+      (["--config=configs/shapes.py:method=ucd,runlocal", "--config.quirks.ucd_bilinear_labels=True"],
+       "config.quirks.* moved: use --config.loss_options.ucd.bilinear_labels=True"),
   ]
   for args, message in cases:
     out = run(["incseg_jax.main", f"--workdir={tmp_path}/bad", *args], shapes_data_dir, check=False)
@@ -61,3 +63,17 @@ def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
   out = run(["incseg_jax.evaluate", f"--workdir={tmp_path}/nothing", "--step=0"], shapes_data_dir, check=False)
   assert out.returncode == 2 and "not a run directory" in out.stderr
+
+
+def test_reference_switches_are_loss_options_on_the_command_line():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  # In-process, as main parses them: the override flags must name existing fields.
+  argv = ["prog", f"--config={ROOT}/configs/shapes.py:method=plop_ucd,runlocal",
+          "--config.loss_options.ucd.bilinear_labels=True", "--config.loss_options.ucd.unshifted_negatives=True",
+          "--config.loss_options.plop_ce.histogram_median=True"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  options = flag_values.config.loss_options
+  assert options.ucd.bilinear_labels and options.ucd.unshifted_negatives and options.plop_ce.histogram_median

@@ -1,9 +1,12 @@
 """Tests for config parsing, the shapes config and method presets."""
 
+import json
+
 import pytest
 
 from incseg_jax import config_lib
 from incseg_jax import methods
+from incseg_jax import validate
 
 
 def test_parse_arg_types_and_bare_flags():
@@ -44,14 +47,18 @@ def test_methods_registry_and_combination():
     methods.get("ft+joint")
 
 
-def test_check_config_catches_method_override(smoke_config):
+def test_validate_catches_bad_losses_and_method_override(smoke_config):
   config = smoke_config("method=ft")
   config.losses = {"nonexistent": 1.0}
   with pytest.raises(ValueError, match="unknown loss 'nonexistent'"):
-    methods.check_config(config)
+    validate.config(config)
+  config = smoke_config("method=ft")
+  config.method = "mib"  # overridden after the config argument filled config.losses
+  with pytest.raises(ValueError, match="needs loss term.*choose the method in the config argument"):
+    validate.config(config)
 
 
-def test_method_presets_fill_weights_and_options(smoke_config, monkeypatch):
+def test_method_presets_fill_weights_and_options(smoke_config):
   c = smoke_config("method=ef+kd_cls_t")
   assert dict(c.losses) == {"ce": 1.0, "kd_cls_t": 1.0}
   assert c.loss_options.kd_cls_t.temperature == 10.0 and c.loss_options.kd_cls_t.pixels == "bg_old"
@@ -60,8 +67,7 @@ def test_method_presets_fill_weights_and_options(smoke_config, monkeypatch):
   assert smoke_config("method=kd_enc").loss_options.kd_enc.reduction == "mean"
   assert methods.get("e2lf").frozen == ("backbone/stem", "backbone/stage1")
   other = methods.Method(name="kd_all_pixels", losses={"ce": 1.0, "kd_cls": 1.0}, options={"kd_cls": {"pixels": "all"}})
-  monkeypatch.setitem(methods._REGISTRY, other.name, other)  # pylint: disable=protected-access
-  with pytest.raises(ValueError, match="different options"):
+  with methods.registered(other), pytest.raises(ValueError, match="different options"):
     methods.get("kd_cls+kd_all_pixels")
 
 
@@ -107,8 +113,70 @@ def test_ucd_protocol_and_the_second_papers_scenarios():
 def test_fields_added_by_a_newer_version_do_not_make_a_different_experiment(smoke_config):
   now = config_lib.experiment_fields(smoke_config("task=15-5"))
   saved = {k: v for k, v in now.items() if k != "freeze"}
-  saved["quirks"] = {}
+  saved["dataset"] = {k: v for k, v in now["dataset"].items() if k != "skip_bad_records"}
   assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == []
-  now["quirks"]["ucd_bilinear_labels"] = True  # a non-default value is a difference
+  now["dataset"]["skip_bad_records"] = True  # a non-default value is a difference
   assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == [
-      "quirks.ucd_bilinear_labels: '<absent>' vs True"]
+      "dataset.skip_bad_records: '<absent>' vs True"]
+
+
+# ----------------------------------------------------------------------------------------
+# config.quirks (removed): its switches became loss options
+# ----------------------------------------------------------------------------------------
+
+OLD_QUIRKS = {"ucd_bilinear_labels": False, "ucd_unshifted_negatives": False, "plop_histogram_median": False}
+
+
+def old_version_json(config, **quirks):
+  """`config` as an older version saved it: a `quirks` section, the switches absent from loss_options."""
+  d = json.loads(config_lib.to_json(config))
+  for term, option in config_lib.MOVED_QUIRKS.values():
+    d["loss_options"].get(term, {}).pop(option, None)
+  d["quirks"] = dict(OLD_QUIRKS, **quirks)
+  return json.dumps(d)
+
+
+def test_quirks_field_is_gone():
+  assert "quirks" not in config_lib.base_config()
+
+
+@pytest.mark.parametrize("method", ["ft", "ucd", "plop", "plop_ucd", "mib_ucd"])
+def test_old_config_with_switches_off_is_the_same_experiment(smoke_config, method):
+  # A resume of a workdir saved before the move sees no difference.
+  now = smoke_config(f"method={method}")
+  saved = config_lib.from_json(old_version_json(now))
+  assert "quirks" not in saved
+  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict()) == []
+
+
+def test_old_config_switch_on_moves_to_its_loss_option(smoke_config):
+  now = smoke_config("method=plop_ucd")
+  saved = config_lib.from_json(old_version_json(now, ucd_unshifted_negatives=True, plop_histogram_median=True))
+  assert "quirks" not in saved
+  assert saved.loss_options.ucd.unshifted_negatives is True and saved.loss_options.ucd.bilinear_labels is False
+  assert saved.loss_options.plop_ce.histogram_median is True
+  # Resuming without the new options set is a different experiment, named by the new paths.
+  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict()) == [
+                             "loss_options.plop_ce.histogram_median: True vs False",
+                             "loss_options.ucd.unshifted_negatives: True vs False"]
+  now.loss_options.ucd.unshifted_negatives = True
+  now.loss_options.plop_ce.histogram_median = True
+  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict()) == []
+
+
+def test_old_config_switch_on_without_its_term_is_refused(smoke_config):
+  text = old_version_json(smoke_config("method=plop"), ucd_bilinear_labels=True)
+  with pytest.raises(ValueError, match=r"config\.quirks\.ucd_bilinear_labels=True moved to "
+                                       r"config\.loss_options\.ucd\.bilinear_labels.*no 'ucd' loss term"):
+    config_lib.from_json(text)
+  # Off, the same switch had no effect on that run: dropped.
+  assert "ucd" not in config_lib.from_json(old_version_json(smoke_config("method=plop"))).loss_options
+
+
+def test_oldest_config_with_empty_quirks():
+  d = json.loads(config_lib.to_json(config_lib.base_config()))
+  d["quirks"] = {}
+  assert config_lib.from_json(json.dumps(d)).to_dict() == config_lib.base_config().to_dict()

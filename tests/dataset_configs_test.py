@@ -1,8 +1,8 @@
 """Every scenario of both papers parses into the right plan on every real dataset.
 
-No data is needed: plans are built from each dataset module's class table
-(and, for frequency order, made-up pixel counts), exactly as
-`experiment.plan_only` does for a real run.
+No data is needed: plans are built from each dataset's metadata
+(`registry.meta`, its module's class table) and, for frequency order, made-up
+pixel counts, exactly as `experiment.plan_only` does for a real run.
 """
 
 import importlib.util
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from incseg_jax import experiment
+from incseg_jax import validate
 from incseg_jax.data import registry
 
 
@@ -21,17 +22,9 @@ def load_config(name, arg=""):
   return module.get_config(arg)
 
 
-def meta_of(name):
-  module = importlib.import_module(f"incseg_jax.data.{name}")
-  return registry.DatasetMeta(name=module.NAME, num_classes=module.NUM_CLASSES, ignore_label=module.IGNORE_LABEL,
-                              class_names=tuple(module.CLASS_NAMES), palette=np.asarray(module.PALETTE),
-                              void_is_zero=module.VOID_IS_ZERO,
-                              named_orders=registry._NAMED_ORDERS.get(module.NAME, {}))  # pylint: disable=protected-access
-
-
 def plan(name, arg, counts=None):
   config = load_config(name, arg)
-  meta = meta_of(name)
+  meta = registry.meta(name)
   if counts is None:
     counts = np.random.default_rng(0).integers(1, 10**6, meta.num_classes)
   return experiment.plan_only(config, meta, counts), meta
@@ -84,7 +77,7 @@ def test_voc_published_frequency_order_adds_bottle_last():
 
 
 def test_frequency_order_follows_training_pixel_counts():
-  meta = meta_of("voc")
+  meta = registry.meta("voc")
   counts = np.zeros(meta.num_classes, np.int64)
   counts[1:] = np.arange(1, meta.num_classes)  # class 20 most frequent ... class 1 least
   p, _ = plan("voc", "task=19-1,order=frequency", counts)
@@ -103,7 +96,7 @@ def test_void_option():
   assert p.steps[0].train_lut[0] == 0 and p.steps[0].eval_lut[0] == 0  # UCD: void trained as background
   config = load_config("cityscapes", "task=13-6")
   config.dataset.void = "ignore"
-  p = experiment.plan_only(config, meta_of("cityscapes"), np.ones(20))
+  p = experiment.plan_only(config, registry.meta("cityscapes"), np.ones(20))
   for step in p.steps:
     assert step.train_lut[0] == 255 and step.eval_lut[0] == 255
   # Only raw label 0 changes: a future class (car at step 0) is still background.
@@ -111,14 +104,22 @@ def test_void_option():
   config = load_config("voc", "task=15-5")
   config.dataset.void = "ignore"
   with pytest.raises(ValueError, match="real class"):
-    experiment.plan_only(config, meta_of("voc"), np.ones(21))
+    experiment.plan_only(config, registry.meta("voc"), np.ones(21))
   config.dataset.void = "nothing"
   with pytest.raises(ValueError, match="config.dataset.void"):
-    experiment.plan_only(config, meta_of("voc"), np.ones(21))
+    experiment.plan_only(config, registry.meta("voc"), np.ones(21))
 
 
+# Scenarios needing more classes than the dataset has, and fewer (every class must be learned).
 @pytest.mark.parametrize("dataset,task,expect", [
-    ("ade20k", "100-30", "150"), ("cityscapes", "15-5", "19"), ("voc", "15-4", "20"), ("msrc", "21-1", "20")])
-def test_scenario_that_does_not_fit_the_dataset(dataset, task, expect):
+    ("ade20k", "100-30", "150"), ("cityscapes", "15-5", "19"), ("cityscapes", "13-4", "19"), ("voc", "15-4", "20"),
+    ("voc", "15-7", "20"), ("msrc", "21-1", "20")])
+def test_scenario_that_does_not_fit_the_dataset(tmp_path, dataset, task, expect):
   with pytest.raises(ValueError, match=expect):
     plan(dataset, f"task={task}")
+  # A run checks it before the dataset is needed: with no manual_dir and nothing built, the scenario error comes
+  # first, not "dataset not built".
+  config = load_config(dataset, f"task={task}")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(ValueError, match=expect):
+    validate.config(config)

@@ -270,7 +270,8 @@ def test_presets():
   assert dict(methods.get("lwf").losses) == {"ce": 1.0, "lwf": 100.0}
   assert dict(methods.get("lwf_mc").losses) == {"bce": 1.0, "lwf_mc_kd": 10.0}
   assert methods.get("lwf").head_init is None and methods.get("lwf_mc").head_init is None
-  assert methods.CONVENTIONS["paper"]["unbiased_kd"] == {"class_reduction": "sum"}
+  assert mib.paper_options == {"unbiased_kd": {"class_reduction": "sum"}}
+  assert methods.get("mib_ucd").paper_options["unbiased_kd"] == {"class_reduction": "sum"}
   assert "ilt" in methods.names()  # still the ILT module's
 
 

@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from incseg_jax import tasks
 from incseg_jax.data import folder
 from incseg_jax.data import msrc
 from incseg_jax.testing import fake_msrc
+from tests.real_datasets_common_test import read_split
 
 _NAMES_21 = ("building", "grass", "tree", "cow", "sheep", "sky", "aeroplane", "water", "face", "car",
              "bicycle", "flower", "sign", "bird", "book", "chair", "road", "cat", "dog", "body", "boat")
-
-
-def _read_all(builder, split: str) -> dict[str, dict]:
-  """id -> example (numpy) of one split."""
-  return {ex["id"].decode(): ex for ex in builder.as_dataset(split=split).as_numpy_iterator()}
 
 
 def _prepare(manual_dir: str, data_dir: str, **kwargs):
@@ -32,19 +27,13 @@ def built(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("msrc_raw"))
   fake = fake_msrc.write(root, seed=0)
   builder = _prepare(root, str(tmp_path_factory.mktemp("tfds")))
-  examples = {split: _read_all(builder, split) for split in ("train", "test")}
+  examples = {split: read_split(builder, split) for split in ("train", "test")}
   return fake, builder, examples
 
 
-def test_module_interface():
-  assert msrc.NAME == "msrc"
-  assert msrc.NUM_CLASSES == 21
+def test_class_names():
+  # The constants every dataset module has are checked in real_datasets_common_test.py.
   assert msrc.CLASS_NAMES == _NAMES_21
-  assert msrc.IGNORE_LABEL == 255
-  assert not msrc.VOID_IS_ZERO
-  assert (msrc.TRAIN_SPLIT, msrc.EVAL_SPLIT) == ("train", "test")
-  assert msrc.Builder.name == "incseg_msrc"
-  assert msrc.Builder.CLASS_NAMES == msrc.CLASS_NAMES
 
 
 def test_palette_matches_voc_colour_map():
@@ -55,29 +44,11 @@ def test_palette_matches_voc_colour_map():
   assert msrc.PALETTE.dtype == np.uint8
 
 
-@pytest.mark.parametrize("requested", ["", "auto", "default", " Auto ", None])
-def test_resolve_config(requested):
-  assert msrc.resolve_config("/nowhere", requested, data_dir="/tmp") == "default"
-
-
-def test_resolve_config_rejects_unknown():
-  with pytest.raises(ValueError, match="'msrc21'.*valid: 'default'"):
-    msrc.resolve_config("/nowhere", "msrc21")
-
-
-def test_splits_and_ids(built):
-  fake, builder, examples = built
-  assert set(builder.info.splits.keys()) == {"train", "test"}
-  assert sorted(examples["train"]) == sorted(fake["ids"]["train"])  # Train + Validation
-  assert sorted(examples["test"]) == sorted(fake["ids"]["test"])
-  assert len(fake["images"]) == len(fake["ids"]["train"]) + len(fake["ids"]["test"]) + 1  # one unlisted
-
-
-def test_masks_match_independent_mapping(built):
+def test_image_in_no_split_list_is_not_built(built):
+  # That the build holds exactly the listed ids is checked for every dataset in real_datasets_common_test.py.
   fake, _, examples = built
-  for split in ("train", "test"):
-    for example_id, ex in examples[split].items():
-      np.testing.assert_array_equal(ex["label"][..., 0], fake["masks"][example_id])
+  unlisted = set(fake["images"]) - set(examples["train"]) - set(examples["test"])
+  assert len(unlisted) == 1  # the fake's one image that neither Train.txt, Validation.txt nor Test.txt lists
 
 
 def test_void_and_excluded_classes_are_ignored(built):
@@ -92,45 +63,14 @@ def test_void_and_excluded_classes_are_ignored(built):
   assert seen == {fake_msrc.VOID, fake_msrc.HORSE, fake_msrc.MOUNTAIN}  # the fake data has all three
 
 
-def test_images_and_size(built):
+def test_images_match_the_files(built):
+  # Masks, sizes and pixel statistics are checked for every dataset in real_datasets_common_test.py.
   fake, _, examples = built
   for split in ("train", "test"):
     for example_id, ex in examples[split].items():
       np.testing.assert_array_equal(ex["image"], fake["images"][example_id])  # BMP -> PNG, lossless
-      assert ex["size"].tolist() == list(fake["images"][example_id].shape[:2])
   sizes = {tuple(ex["size"]) for ex in examples["train"].values()}
   assert len(sizes) > 1  # variable resolution, as in MSRC
-
-
-def test_classes_and_pixel_counts(built):
-  _, _, examples = built
-  for split in ("train", "test"):
-    for ex in examples[split].values():
-      label = ex["label"].ravel()
-      counts = np.bincount(label, minlength=256)[:msrc.NUM_CLASSES]
-      np.testing.assert_array_equal(ex["pixel_counts"], counts)
-      assert ex["pixel_counts"].sum() == np.sum(label != msrc.IGNORE_LABEL)
-      np.testing.assert_array_equal(ex["classes"], np.flatnonzero(counts[1:]) + 1)
-
-
-def test_frequency_order(built):
-  fake, _, examples = built
-  stored = sum(ex["pixel_counts"] for ex in examples["train"].values())
-  order = tasks.resolve_class_order("frequency", msrc.NUM_CLASSES - 1, pixel_counts=stored)
-  entries = np.concatenate([fake["msrc"][i].ravel() for i in fake["ids"]["train"]])
-  per_entry = np.bincount(entries, minlength=fake_msrc.NUM_MSRC)
-  # Our class c >= 1 is MSRC entry c + 1 up to sheep (skipping horse), c + 2 after mountain.
-  entry_of = {c: k for c, k in enumerate(k for k in range(1, 24) if k not in (5, 8))}
-  expected = sorted(range(1, 21), key=lambda c: (-per_entry[entry_of[c]], c))
-  assert order == tuple(expected)
-  assert order != tuple(range(1, 21))
-
-
-def test_metadata(built):
-  _, builder, _ = built
-  assert builder.info.metadata["class_names"] == list(_NAMES_21)
-  assert builder.info.metadata["palette"] == msrc.PALETTE.tolist()
-  assert not builder.info.metadata["skipped_records"]
 
 
 def test_manual_dir_may_be_the_msrc_dir_with_lists_in_splits(tmp_path):
@@ -148,12 +88,6 @@ def test_missing_split_list(tmp_path):
   fake = fake_msrc.write(str(tmp_path / "raw"), seed=2)
   os.remove(fake["lists"]["Test.txt"])
   with pytest.raises(FileNotFoundError, match=r"split list Test\.txt not found.*Shotton.*TextonBoost"):
-    _prepare(str(tmp_path / "raw"), str(tmp_path / "tfds"))
-
-
-def test_missing_directory(tmp_path):
-  os.makedirs(tmp_path / "raw" / "Pictures")  # a wrong directory, not an empty one
-  with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}/raw/{fake_msrc.DIR_NAME} not found")):
     _prepare(str(tmp_path / "raw"), str(tmp_path / "tfds"))
 
 
@@ -209,5 +143,5 @@ def test_bad_records_reported_together_or_skipped(tmp_path):
 
   builder = _prepare(root, str(tmp_path / "tfds_b"), skip_bad_records=True)
   assert builder.info.metadata["skipped_records"] == {"train": 4}
-  assert sorted(_read_all(builder, "train")) == sorted(fake["ids"]["train"][4:])
+  assert sorted(read_split(builder, "train")) == sorted(fake["ids"]["train"][4:])
   assert builder.info.splits["test"].num_examples == len(fake["ids"]["test"])

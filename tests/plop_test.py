@@ -276,6 +276,9 @@ def test_plop_ce_hand_built_matches_numpy():
   want = (0.5 * -(logp[0, 0, 0, 1] + logp[0, 0, 2, 0] + logp[0, 1, 0, 3])
           - sum(logp[1, i, j, 3] for i, j in [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2)])) / 12
   np.testing.assert_allclose(float(losses.get("plop_ce")(inputs)), want, rtol=1e-5)
+  # The prepare-only options (the method's defaults, with the reference bug on) are accepted and change nothing.
+  options = dict(methods.get("plop").options["plop_ce"], histogram_median=True)
+  np.testing.assert_allclose(float(losses.get("plop_ce")(inputs, **options)), want, rtol=1e-5)
 
 
 # (B, H, W, N_old, N)
@@ -345,7 +348,7 @@ def test_exact_median_thresholds_hand_built():
   np.testing.assert_allclose(got, [0.004, 0.001, 0.001, 0.025, 0.005, 0.001], rtol=1e-6)
 
 
-def test_histogram_median_quirk_hand_built():
+def test_histogram_median_hand_built():
   stats = plop_method.ReferenceHistograms(6, 100)
   for values, classes in hand_built_entropies():
     stats.add(values, classes)
@@ -358,7 +361,7 @@ def test_histogram_median_quirk_hand_built():
   np.testing.assert_allclose(got, [0.005, 0.005, 0.001, 0.001, 0.005, 0.001], rtol=1e-6)
 
 
-def test_histogram_median_quirk_can_be_inf():
+def test_histogram_median_can_be_inf():
   hist = np.zeros(100, np.int64)
   hist[1:99] = 102  # half = 4998 never lies in [index sum, index sum + count]; bin 99 empty
   assert plop_method.reference_histogram_median(hist) == np.inf
@@ -369,11 +372,10 @@ def test_histogram_median_quirk_can_be_inf():
 class FakeContext:
   """A PrepareContext stand-in: batch k's first image pixel holds k; teacher logits are fixed per k."""
 
-  def __init__(self, logits, labels, quirks=None, floor=0.001):
+  def __init__(self, logits, labels, floor=0.001, **plop_ce_options):
     self.logits, self.labels = logits, labels
     self.task = make_task(logits[0].shape[-1], 5)
-    self.options = {"plop_ce": {"threshold_floor": floor}}
-    self.quirks = quirks or {}
+    self.options = {"plop_ce": dict(plop_ce_options, threshold_floor=floor)}
 
   def teacher_forward(self, images):
     return {"logits": jnp.asarray(self.logits[int(images[0, 0, 0, 0])], jnp.float32)}
@@ -383,7 +385,7 @@ class FakeContext:
       yield {"image": np.full(labels.shape + (3,), k, np.float32), "label": labels}
 
 
-def fake_context(quirks=None):
+def fake_context(**plop_ce_options):
   rng = np.random.default_rng(6)
   n_old = 4
   logits, labels = [], []
@@ -393,7 +395,7 @@ def fake_context(quirks=None):
     z[:, :2, :, 2] += 30  # very confident class 2 in the first rows: its median falls under the floor
     logits.append(z)
     labels.append(rng.choice([0, 0, 0, 4, IGNORE], size=(2, 6, 6)))
-  return FakeContext(logits, labels, quirks)
+  return FakeContext(logits, labels, **plop_ce_options)
 
 
 def expected_thresholds(ctx, histogram_bug=False):
@@ -425,9 +427,11 @@ def test_prepare_hook_on_fake_context():
   want = expected_thresholds(ctx)
   assert want[0] > 0.001 and want[1] > 0.001 and want[2] == 0.001 and want[3] == 0.001  # the example covers both
   np.testing.assert_allclose(thresholds, want, rtol=1e-5)
-  quirky = np.asarray(plop_method.plop_prepare(fake_context({"plop_histogram_median": True}))["plop_thresholds"])
-  np.testing.assert_allclose(quirky, expected_thresholds(ctx, histogram_bug=True), rtol=1e-5)
-  assert not np.allclose(quirky, thresholds)
+  off = np.asarray(plop_method.plop_prepare(fake_context(histogram_median=False))["plop_thresholds"])
+  np.testing.assert_array_equal(off, thresholds)
+  buggy = np.asarray(plop_method.plop_prepare(fake_context(histogram_median=True))["plop_thresholds"])
+  np.testing.assert_allclose(buggy, expected_thresholds(ctx, histogram_bug=True), rtol=1e-5)
+  assert not np.allclose(buggy, thresholds)
 
 
 def test_plop_method_preset():
@@ -436,3 +440,6 @@ def test_plop_method_preset():
   assert m.prepare is plop_method.plop_prepare and m.head_init is not None
   assert not m.void_as_background and m.unseen_eval == "background"
   assert m.options["pod"]["logits_weight"] * m.losses["pod"] == pytest.approx(0.0005)  # the code's logits factor
+  # The reference bug is an option of the term, listed (so the command line can set it) and off.
+  assert m.options["plop_ce"]["histogram_median"] is False
+  assert methods.get("plop_ucd").options["plop_ce"]["histogram_median"] is False

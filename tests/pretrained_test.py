@@ -1,4 +1,4 @@
-"""Tests for models/pretrained.py and tools/convert_weights.py.
+"""Tests for models/{pretrained,weight_files,resnet_names}.py and tools/convert_weights.py.
 
 The reference network is an independent float64 NumPy ResNet written from the
 torchvision and in-place-ABN definitions (NCHW, OIHW kernels, explicit
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from incseg_jax.models import build_model, pretrained
+from incseg_jax.models import build_model, pretrained, resnet_names, weight_files
 from incseg_jax.models.resnet import ResNet
 from incseg_jax.tools import convert_weights
 
@@ -249,11 +249,11 @@ def backbone_of(variables):
 
 def test_load_state_dict_formats_agree(r50_sd, r50_files):
   for path in r50_files.values():
-    sd = pretrained.load_state_dict(path)
+    sd = weight_files.load_state_dict(path)
     assert set(sd) == set(r50_sd), path
     for k, v in r50_sd.items():
       np.testing.assert_array_equal(sd[k], v, err_msg=k)
-  assert pretrained.detect_layout(sd) == 'torchvision'
+  assert resnet_names.detect_layout(sd) == 'torchvision'
 
 
 def test_torchvision_resnet50_matches_numpy(r50_sd, r50_files, r50_abstract):
@@ -326,8 +326,8 @@ def test_reduced_resnet_matches_numpy(layout, bottleneck):
   abstract = jax.eval_shape(
       lambda r: ResNet(output_stride=16, **kw).init(r, x, train=False),
       jax.random.key(0))
-  assert pretrained.detect_layout(sd) == layout
-  bb = pretrained.import_backbone(sd, abstract, arch='reduced')
+  assert resnet_names.detect_layout(sd) == layout
+  bb = resnet_names.import_backbone(sd, abstract, arch='reduced')
   assert jax.tree.structure(bb) == jax.tree.structure(abstract)
 
   # Values land where the PyTorch definition puts them.
@@ -373,7 +373,7 @@ def test_one_error_lists_every_problem(r50_sd, r50_abstract):
   sd['layer3.1.conv2.weight'] = np.zeros((256, 256, 1, 1), np.float32)
   sd['layer1.1.bn1.running_var'] = -sd['layer1.1.bn1.running_var']
   with pytest.raises(ValueError) as e:
-    pretrained.import_backbone(sd, backbone_of(r50_abstract), arch='resnet50')
+    resnet_names.import_backbone(sd, backbone_of(r50_abstract), arch='resnet50')
   msg = str(e.value)
   assert 'layer2.0.downsample.1.running_var (512,)' in msg
   assert 'layer1.0.conv4.weight (64, 64, 1, 1)' in msg
@@ -397,19 +397,19 @@ def test_resnet50_file_into_resnet101(r50_files):
 def test_file_errors(tmp_path):
   missing = str(tmp_path / 'nope.npz')
   with pytest.raises(FileNotFoundError, match='nope.npz'):
-    pretrained.load_state_dict(missing)
+    weight_files.load_state_dict(missing)
   with pytest.raises(FileNotFoundError, match='nope.npz'):
     pretrained.validate(missing, model_cfg())
   h5 = tmp_path / 'weights.h5'
   h5.write_bytes(b'x')
   with pytest.raises(ValueError, match=r'weights\.h5.*unknown extension.*'
                      r'\.pth.*\.safetensors.*\.npz'):
-    pretrained.load_state_dict(str(h5))
+    weight_files.load_state_dict(str(h5))
   for ext in ('npz', 'safetensors'):
     bad = tmp_path / f'garbage.{ext}'
     bad.write_bytes(b'not a weights file')
     with pytest.raises(ValueError, match=rf'cannot read .*garbage\.{ext}'):
-      pretrained.load_state_dict(str(bad))
+      weight_files.load_state_dict(str(bad))
 
 
 def test_unknown_layout(tmp_path):
@@ -444,10 +444,10 @@ def test_torch_file_without_torch(tmp_path):
   path = tmp_path / 'resnet101_iabn_sync.pth.tar'
   path.write_bytes(b'x')
   with pytest.raises(ValueError) as e:
-    pretrained.load_state_dict(str(path))
+    weight_files.load_state_dict(str(path))
   msg = str(e.value)
   assert 'resnet101_iabn_sync.pth.tar' in msg and 'torch' in msg
-  assert pretrained.TORCH_TO_NPZ_COMMAND in msg
+  assert weight_files.TORCH_TO_NPZ_COMMAND in msg
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def test_convert_weights_tool(r50_files, r50_sd, tmp_path, capsys):
   assert convert_weights.main([r50_files['npz'], str(tmp_path / 'x.h5')]) == 1
   assert '.npz, .safetensors' in capsys.readouterr().err
   # The README's torch+numpy one-liner is the one the errors print.
-  assert pretrained.TORCH_TO_NPZ_COMMAND in convert_weights.__doc__
+  assert weight_files.TORCH_TO_NPZ_COMMAND in convert_weights.__doc__
 
 
 @requires_torch
@@ -475,7 +475,7 @@ def test_torch_checkpoint(tmp_path):
   # MiB's file: {'state_dict': {'module.mod1.conv1.weight': ...}, ...}.
   torch.save({'state_dict': {f'module.{k}': torch.from_numpy(v)
                              for k, v in sd.items()}, 'epoch': 90}, path)
-  loaded = pretrained.load_state_dict(path)
+  loaded = weight_files.load_state_dict(path)
   assert set(loaded) == set(sd)
   for k, v in sd.items():
     np.testing.assert_array_equal(loaded[k], v, err_msg=k)
@@ -483,11 +483,11 @@ def test_torch_checkpoint(tmp_path):
   npz = str(tmp_path / 'tool.npz')
   assert convert_weights.main([path, npz]) == 0
   one_liner = str(tmp_path / 'one_liner.npz')
-  cmd = pretrained.TORCH_TO_NPZ_COMMAND.replace('IN.pth', path).replace(
+  cmd = weight_files.TORCH_TO_NPZ_COMMAND.replace('IN.pth', path).replace(
       'OUT.npz', one_liner).replace('python -c', f'{sys.executable} -c', 1)
   subprocess.run(cmd, shell=True, check=True, env=dict(os.environ))
   for converted in (npz, one_liner):
-    got = pretrained.load_state_dict(converted)
+    got = weight_files.load_state_dict(converted)
     assert set(got) == set(sd), converted
     for k, v in sd.items():
       np.testing.assert_array_equal(got[k], v, err_msg=k)

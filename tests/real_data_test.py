@@ -13,6 +13,7 @@ import pytest
 
 from incseg_jax import experiment
 from incseg_jax import train
+from incseg_jax import validate
 from incseg_jax.data import pipeline
 from incseg_jax.data import registry
 from incseg_jax.testing import fake_cityscapes
@@ -100,7 +101,7 @@ def test_pretrained_weights_initialise_step_0(smoke_config, tmp_path, monkeypatc
   config.model.backbone = "resnet18"
   config.pretrained = path
   exp = experiment.build(config)
-  variables = train._init_student(exp, 0, None, jax.random.key(0))  # pylint: disable=protected-access
+  variables = train.init_student(exp, exp.step(0), None, jax.random.key(0))
   backbone = variables["params"]["backbone"]
   np.testing.assert_array_equal(backbone["stem"]["conv"]["kernel"], sd["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(backbone["stage2"]["block0"]["downsample_bn"]["scale"],
@@ -108,25 +109,15 @@ def test_pretrained_weights_initialise_step_0(smoke_config, tmp_path, monkeypatc
   np.testing.assert_array_equal(variables["batch_stats"]["backbone"]["stage4"]["block1"]["bn2"]["var"],
                                 sd["layer4.1.bn2.running_var"])
   # A resume (or init_from) restores over the init: the file is not read then.
-  fresh = train._init_student(exp, 0, None, jax.random.key(0), load_pretrained=False)  # pylint: disable=protected-access
+  fresh = train.init_student(exp, exp.step(0), None, jax.random.key(0), load_pretrained=False)
   assert not np.array_equal(fresh["params"]["backbone"]["stem"]["conv"]["kernel"],
                             backbone["stem"]["conv"]["kernel"])
   # A missing or mismatched file fails before any data is read.
   monkeypatch.setattr(registry, "load", lambda *a: pytest.fail("data read before the pretrained check"))
   config.pretrained = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="missing.npz"):
-    experiment.build(config)
+    validate.config(config)
   config.pretrained = path
   config.model.backbone = "resnet34"
   with pytest.raises(ValueError, match="layer3.2"):
-    experiment.build(config)
-
-
-@pytest.mark.parametrize("config_name,task,count", [("ade20k", "100-30", "150"), ("cityscapes", "13-4", "19"),
-                                                    ("voc", "15-7", "20")])
-def test_scenario_is_checked_before_the_dataset_is_needed(tmp_path, config_name, task, count):
-  # No manual_dir and nothing built: the scenario error comes first, not "dataset not built".
-  config = dataset_configs_test.load_config(config_name, f"task={task}")
-  config.dataset.data_dir = str(tmp_path / "tfds")
-  with pytest.raises(ValueError, match=count):
-    experiment.build(config)
+    validate.config(config)

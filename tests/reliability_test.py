@@ -3,7 +3,7 @@
 The first test does it for real, in subprocesses.
 
 Each kill point is named by step count through `INCSEG_FAULT` (see
-incseg_jax/faults.py), not by a sleep. The kills form one chain on one
+incseg_jax/testing/faults.py), not by a sleep. The kills form one chain on one
 workdir: every rerun resumes whatever the previous kill left (a torn
 checkpoint, an unevaluated step, a done step whose successor never started)
 and is itself killed at the next point, and the last rerun finishes. Its
@@ -29,10 +29,11 @@ import numpy as np
 import pytest
 
 from incseg_jax import checkpointing
-from incseg_jax import faults
+from incseg_jax import files
 from incseg_jax import runtime
 from incseg_jax import train
 from incseg_jax import train_step as ts
+from incseg_jax.testing import faults
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 # PLOP: a teacher, a head initialised from it and a `prepare` hook (pseudo-label
@@ -55,7 +56,7 @@ def main(workdir, data_dir, fault=None):
   env.pop(faults.ENV, None)
   if fault:
     env[faults.ENV] = fault
-  return subprocess.run([sys.executable, "-m", "incseg_jax.main", f"--workdir={workdir}", *ARGS], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "incseg_jax.testing.faults", f"--workdir={workdir}", *ARGS], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -110,7 +111,7 @@ def test_no_free_space_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, 
   ckpt = checkpointing.TaskCheckpointer(str(tmp_path), 0)
   ckpt.save(1, tiny_state())
   free = collections.namedtuple("usage", "total used free")(10 << 20, 10 << 20, 1000)
-  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: free)
+  monkeypatch.setattr(files.shutil, "disk_usage", lambda path: free)
   with pytest.raises(checkpointing.NoSpaceError) as e:
     ckpt.save(2, tiny_state())
   message = str(e.value)
@@ -173,12 +174,10 @@ def test_identity_mismatch_says_what_differs(tmp_path):
                                  defaults={"model": {"activation": "relu"}})
 
 
-def test_fault_spec(monkeypatch):
-  monkeypatch.setenv(faults.ENV, "kill:task=1,step=2,phase=train")
-  assert faults.armed("train", 1, 2)
-  assert not faults.armed("train", 1, 3) and not faults.armed("eval", 1, 2) and not faults.armed("train", 0, 2)
-  monkeypatch.setenv(faults.ENV, "kill:task=0,phase=between")
-  assert faults.armed("between", 0)
-  monkeypatch.setenv(faults.ENV, "kill:task=0,phase=sometime")
+def test_fault_spec():
+  hooks = faults.KillAt("kill:task=1,step=2,phase=train")
+  assert hooks.armed("train", 1, 2)
+  assert not hooks.armed("train", 1, 3) and not hooks.armed("eval", 1, 2) and not hooks.armed("train", 0, 2)
+  assert faults.KillAt("kill:task=0,phase=between").armed("between", 0)
   with pytest.raises(ValueError, match="bad item 'phase=sometime'"):
-    faults.armed("train", 0, 1)
+    faults.KillAt("kill:task=0,phase=sometime")

@@ -40,8 +40,8 @@ def setup(frozen_fn, bn_frozen=False):
 
 
 def changed(before, after):
-  flat_b = {ts.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(before)}
-  flat_a = {ts.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(after)}
+  flat_b = {models.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(before)}
+  flat_a = {models.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(after)}
   return {k for k in flat_b if not np.array_equal(flat_b[k], flat_a[k])}, set(flat_b)
 
 
@@ -64,7 +64,7 @@ def test_bn_frozen_freezes_batchnorm_params_and_statistics():
   before, after, frozen, _ = setup(models.batchnorm_prefixes, bn_frozen=True)
   assert "backbone/stem/bn" in frozen and "decoder/bn_pool" in frozen
   diff, every = changed(before, after)
-  bn = {k for k in every if ts.is_frozen(k.split("/", 1)[1], frozen)}
+  bn = {k for k in every if models.is_frozen(k.split("/", 1)[1], frozen)}
   assert bn and not diff & bn
   assert any("conv" in k for k in diff)
 
@@ -132,11 +132,10 @@ def test_nonfinite_loss_leaves_the_state_unchanged_and_is_named():
   assert "no checkpoint of this task step was written" in message and "--config.nonfinite=skip" in message
 
 
-def test_nonfinite_gradient_alone_is_named_gradient(monkeypatch):
+def test_nonfinite_gradient_alone_is_named_gradient():
   # sqrt at 0: the value is finite (0), its gradient is not (inf * 0 = NaN).
-  monkeypatch.setitem(losses._REGISTRY, "test_nan_grad",  # pylint: disable=protected-access
-                      lambda inputs: jnp.sqrt(0.0 * inputs.student["logits"].sum()))
-  before, after, metrics = guarded_step([("ce", 1.0, {}), ("test_nan_grad", 1.0, {})])
+  with losses.registered("test_nan_grad", lambda inputs: jnp.sqrt(0.0 * inputs.student["logits"].sum())):
+    before, after, metrics = guarded_step([("ce", 1.0, {}), ("test_nan_grad", 1.0, {})])
   assert np.isfinite(metrics["loss"]) and not np.isfinite(metrics["grad_norm"]) and not metrics["finite"]
   assert_unchanged_but_counted(before, after)
   assert "non-finite gradient (all loss terms finite)" in train.nonfinite_message(metrics, 1, 3, _NoCheckpoint())

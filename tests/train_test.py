@@ -9,7 +9,7 @@ import pytest
 from incseg_jax import checkpointing
 from incseg_jax import evaluate
 from incseg_jax import train
-from incseg_jax import train_step as ts
+from incseg_jax import workdir as workdir_lib
 from incseg_jax.data import pipeline
 
 
@@ -52,41 +52,11 @@ def test_head_growth_copies_old_params(smoke_config, tmp_path):
   from incseg_jax import experiment, sharding  # pylint: disable=g-import-not-at-top
   exp = experiment.build(config)
   mesh = sharding.make_mesh()
-  step0 = train.restore_teacher(exp, workdir, 0, mesh)
-  student = train._init_student(exp, 1, step0, __import__("jax").random.key(3))  # pylint: disable=protected-access
+  step0 = workdir_lib.restore_step(exp, workdir, 0, mesh)
+  student = train.init_student(exp, exp.step(1), step0, __import__("jax").random.key(3))
   old = step0["params"]["classifier"]["head_0"]["kernel"]
   np.testing.assert_array_equal(np.asarray(student["params"]["classifier"]["head_0"]["kernel"]), np.asarray(old))
   assert "head_1" in student["params"]["classifier"]
-
-
-class Interrupt(Exception):
-  pass
-
-
-@pytest.mark.parametrize("stop_after", [3, 5])  # mid step 0 (after a checkpoint), mid step 1
-def test_resume_after_interruption_matches_clean_run(smoke_config, tmp_path, monkeypatch, stop_after):
-  clean = train.run(two_step_config(smoke_config), str(tmp_path / "clean"))
-  workdir = str(tmp_path / "interrupted")
-  original = ts.make_train_step
-  calls = {"n": 0}
-
-  def interrupting(*args, **kwargs):
-    fn = original(*args, **kwargs)
-
-    def wrapped(*a, **k):
-      calls["n"] += 1
-      if calls["n"] > stop_after:
-        raise Interrupt()
-      return fn(*a, **k)
-
-    return wrapped
-
-  monkeypatch.setattr(ts, "make_train_step", interrupting)
-  with pytest.raises(Interrupt):
-    train.run(two_step_config(smoke_config), workdir)
-  monkeypatch.setattr(ts, "make_train_step", original)
-  resumed = train.run(two_step_config(smoke_config), workdir)
-  assert resumed["steps"] == [dict(s, seconds=r["seconds"]) for s, r in zip(clean["steps"], resumed["steps"])]
 
 
 def test_workdir_with_other_experiment_is_refused_unless_allowed(smoke_config, tmp_path):
@@ -228,7 +198,7 @@ def test_frequency_order_and_sequential_split_on_real_data(smoke_config):
   assert exp.plan.steps[1].train_lut[exp.plan.steps[0].new_classes[0]] == 0  # labeling=background
 
 
-def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path, monkeypatch):
+def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from incseg_jax import losses, methods  # pylint: disable=g-import-not-at-top
   seen = {}
@@ -247,13 +217,12 @@ def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path, monkeyp
     scale = inputs.extras["scale"] if inputs.teacher is not None else 1.0
     return scale * losses.get("ce")(inputs)
 
-  monkeypatch.setitem(losses._REGISTRY, "test_scaled_ce", scaled_ce)  # pylint: disable=protected-access
-  monkeypatch.setitem(methods._REGISTRY, "test_prep", methods.Method(  # pylint: disable=protected-access
-      name="test_prep", losses={"ce": 1.0, "test_scaled_ce": 1.0}, prepare=prepare))
-  config = two_step_config(smoke_config)
-  with config.unlocked():
-    config.method = "test_prep"
-    config.losses = {"ce": 1.0, "test_scaled_ce": 1.0}
-  res = train.run(config, str(tmp_path / "run"))
+  method = methods.Method(name="test_prep", losses={"ce": 1.0, "test_scaled_ce": 1.0}, prepare=prepare)
+  with losses.registered("test_scaled_ce", scaled_ce), methods.registered(method):
+    config = two_step_config(smoke_config)
+    with config.unlocked():
+      config.method = "test_prep"
+      config.losses = {"ce": 1.0, "test_scaled_ce": 1.0}
+    res = train.run(config, str(tmp_path / "run"))
   assert seen["images"] >= res["steps"][1]["num_train_images"]  # one epoch of the step's data
   assert jnp.isfinite(res["steps"][1]["metrics"]["pixel_acc"])

@@ -4,7 +4,7 @@
 map, anchor / contrast sets, positives / negatives, log-contrast, sigma),
 independently of the JAX code; the dense JAX loss is checked against it and
 the blockwise loss (the registered term) against the dense one, in value and
-gradient, for every option and quirk. The invariance tests mostly use the
+gradient, for every option (the reference-code switches included). The invariance tests mostly use the
 dense form, to share its compilations with the reference test.
 """
 
@@ -30,7 +30,7 @@ SHAPE = (2, 3, 4, 6, 3, 6)
 # ----------------------------------------------------------------------------------------
 
 
-def make_inputs(student_f, teacher_f, teacher_logits, labels, n, quirks=None):
+def make_inputs(student_f, teacher_f, teacher_logits, labels, n):
   """LossInputs for a step with channels [0, N_old) old and [N_old, n) new."""
   n_old = teacher_logits.shape[-1]
   task = losses.TaskInfo(index=1, num_channels=n, old_channels=tuple(range(1, n_old)),
@@ -39,7 +39,7 @@ def make_inputs(student_f, teacher_f, teacher_logits, labels, n, quirks=None):
       student={"pre_logits": jnp.asarray(student_f, jnp.float32)},
       teacher={"pre_logits": jnp.asarray(teacher_f, jnp.float32),
                "logits_os": jnp.asarray(teacher_logits, jnp.float32)},
-      labels=jnp.asarray(labels, jnp.int32), images=None, task=task, quirks=dict(quirks or {}))
+      labels=jnp.asarray(labels, jnp.int32), images=None, task=task)
 
 
 def random_case(seed, shape=SHAPE, p_ignore=0.1, p_old_gt=0.0):
@@ -92,7 +92,7 @@ def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=
     logits: (B, h, w, N_old) old-model logits.
     labels_os: (B, h, w) labels already at feature resolution.
     n: current channel count.
-    tau ... unshifted: as the loss options / quirk.
+    tau ... unshifted: as the loss options (`unshifted`: `unshifted_negatives`).
 
   Returns:
     A Python float.
@@ -134,7 +134,7 @@ def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=
     if not positives:
       continue
     shift = max(sims) if unshifted else 0.0
-    neg_sum = sum(np.exp(s) for s in negatives)  # the quirk: not shifted
+    neg_sum = sum(np.exp(s) for s in negatives)  # the reference bug: not shifted
     total = 0.0
     for s, g in positives:
       num = np.exp(s - shift)
@@ -153,26 +153,25 @@ def labels_at_features(labels):
   return labels[:, 1::2, 1::2]
 
 
-@functools.partial(jax.jit, static_argnames=("n", "kind", "quirks", "options"))
-def _value_and_grad(student, teacher, logits, labels, n, kind, quirks, options):
+@functools.partial(jax.jit, static_argnames=("n", "kind", "options"))
+def _value_and_grad(student, teacher, logits, labels, n, kind, options):
   fn = contrastive.ucd_dense_loss if kind == "dense" else contrastive.ucd_loss
-  return jax.value_and_grad(lambda s: fn(make_inputs(s, teacher, logits, labels, n, dict(quirks)), **dict(options)))(
-      student)
+  return jax.value_and_grad(lambda s: fn(make_inputs(s, teacher, logits, labels, n), **dict(options)))(student)
 
 
-def value_and_grad(kind, case, quirks=None, **options):
+def value_and_grad(kind, case, **options):
   """Value and gradient w.r.t. the student features of the dense or blockwise loss.
 
-  One compilation per (shapes, kind, quirks, options), shared by the tests.
+  One compilation per (shapes, kind, options), shared by the tests.
   """
   arrays = [jnp.asarray(case[k], jnp.float32) for k in ("student", "teacher", "logits")]
   value, grad = _value_and_grad(*arrays, jnp.asarray(case["labels"], jnp.int32), n=case["n"], kind=kind,
-                                quirks=tuple(sorted((quirks or {}).items())), options=tuple(sorted(options.items())))
+                                options=tuple(sorted(options.items())))
   return float(value), np.asarray(grad)
 
 
-def loss_value(case, quirks=None, kind="dense", **options):
-  return value_and_grad(kind, case, quirks, **options)[0]
+def loss_value(case, kind="dense", **options):
+  return value_and_grad(kind, case, **options)[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,32 +179,33 @@ def loss_value(case, quirks=None, kind="dense", **options):
 # ----------------------------------------------------------------------------------------
 
 REFERENCE_CASES = [
-    ({}, {}),
-    ({"uncertainty": False}, {}),
-    ({"background_in_contrast": True}, {}),
-    ({"old_features": False}, {}),
-    ({"old_features_at_new": True}, {}),
-    ({"background_in_contrast": True, "old_features_at_new": True, "temperature": 0.5}, {}),
-    ({"denominator": "negatives"}, {}),
-    ({"temperature": 0.01}, {}),  # stable at a small temperature
-    ({}, {"ucd_unshifted_negatives": True}),
-    ({}, {"ucd_bilinear_labels": True}),
+    {},
+    {"uncertainty": False},
+    {"background_in_contrast": True},
+    {"old_features": False},
+    {"old_features_at_new": True},
+    {"background_in_contrast": True, "old_features_at_new": True, "temperature": 0.5},
+    {"denominator": "negatives"},
+    {"temperature": 0.01},  # stable at a small temperature
+    {"unshifted_negatives": True},
+    {"bilinear_labels": True},
 ]
 
 
-@pytest.mark.parametrize("options,quirks", REFERENCE_CASES)
-def test_dense_matches_float64_reference(options, quirks):
+@pytest.mark.parametrize("options", REFERENCE_CASES)
+def test_dense_matches_float64_reference(options):
   case = random_case(0, p_old_gt=0.05)
-  value, _ = value_and_grad("dense", case, quirks, **options)
+  value, _ = value_and_grad("dense", case, **options)
   h, w = case["student"].shape[1:3]
-  if quirks.get("ucd_bilinear_labels"):
+  ref_options = dict(options)
+  if ref_options.pop("bilinear_labels", False):
     labels_os = np_bilinear_int8(case["labels"], h, w)
   else:
     labels_os = labels_at_features(case["labels"])
-  ref_options = dict(options)
   tau = ref_options.pop("temperature", 0.07)
+  unshifted = ref_options.pop("unshifted_negatives", False)
   expected = reference_ucd(case["student"], case["teacher"], case["logits"], labels_os, case["n"], tau=tau,
-                           unshifted=quirks.get("ucd_unshifted_negatives", False), **ref_options)
+                           unshifted=unshifted, **ref_options)
   assert expected != 0.0
   np.testing.assert_allclose(value, expected, rtol=1e-4)
 
@@ -236,19 +236,19 @@ def test_hand_computed_case():
 # ----------------------------------------------------------------------------------------
 
 BLOCK_CASES = [
-    (7, {}, {}),  # 24 anchor rows: 7 does not divide them
-    (8, {}, {}),  # divides
-    (1, {"background_in_contrast": True}, {"ucd_unshifted_negatives": True}),
-    (5, {"denominator": "negatives", "old_features_at_new": True}, {"ucd_bilinear_labels": True}),
-    (1024, {"uncertainty": False}, {}),  # one block larger than the pixel count
+    (7, {}),  # 24 anchor rows: 7 does not divide them
+    (8, {}),  # divides
+    (1, {"background_in_contrast": True, "unshifted_negatives": True}),
+    (5, {"denominator": "negatives", "old_features_at_new": True, "bilinear_labels": True}),
+    (1024, {"uncertainty": False}),  # one block larger than the pixel count
 ]
 
 
-@pytest.mark.parametrize("block_size,options,quirks", BLOCK_CASES)
-def test_blockwise_equals_dense(block_size, options, quirks):
+@pytest.mark.parametrize("block_size,options", BLOCK_CASES)
+def test_blockwise_equals_dense(block_size, options):
   case = random_case(1)
-  dense_value, dense_grad = value_and_grad("dense", case, quirks, **options)
-  value, grad = value_and_grad("blockwise", case, quirks, block_size=block_size, **options)
+  dense_value, dense_grad = value_and_grad("dense", case, **options)
+  value, grad = value_and_grad("blockwise", case, block_size=block_size, **options)
   np.testing.assert_allclose(value, dense_value, rtol=1e-5)
   assert np.abs(dense_grad).max() > 0
   np.testing.assert_allclose(grad, dense_grad, rtol=1e-5, atol=1e-5 * np.abs(dense_grad).max())
@@ -297,8 +297,8 @@ def test_finite_for_extreme_features(scale):
   # opposite features at tau 0.005 (exp(400) would overflow unshifted).
   case["student"] = np.broadcast_to(scale * np.ones(case["student"].shape[-1]), case["student"].shape)
   case["teacher"] = case["student"]
-  for quirks in ({}, {"ucd_unshifted_negatives": True}):
-    value, grad = value_and_grad("blockwise", case, quirks)
+  for options in ({}, {"unshifted_negatives": True}):
+    value, grad = value_and_grad("blockwise", case, **options)
     assert np.isfinite(value) and np.isfinite(grad).all()
   case["teacher"] = -case["student"]
   value, grad = value_and_grad("blockwise", case, temperature=0.005, denominator="negatives")
@@ -320,19 +320,19 @@ def test_no_anchors_gives_zero(kind):
 
 
 # ----------------------------------------------------------------------------------------
-# Reference-code quirks
+# Reference-code switches (reference bugs, off by default)
 # ----------------------------------------------------------------------------------------
 
 
-def test_bilinear_label_quirk_mixes_ids_and_drops_void_and_large_ids():
+def test_bilinear_labels_mixes_ids_and_drops_void_and_large_ids():
   labels = np.zeros((1, 4, 8), np.int32)
   labels[0, :, 0] = 3
   labels[0, :, 1] = 15  # boundary 3|15 -> 9
   labels[0, :, 2:4] = IGNORE  # void -> -1 -> background
   labels[0, :, 4:6] = 100  # > 20 -> background
   labels[0, :, 6:8] = 7
-  quirk = np.asarray(contrastive.feature_labels(jnp.asarray(labels), (2, 4), bilinear=True))
-  np.testing.assert_array_equal(quirk, [[[9, 0, 0, 7]] * 2])
+  switched = np.asarray(contrastive.feature_labels(jnp.asarray(labels), (2, 4), bilinear=True))
+  np.testing.assert_array_equal(switched, [[[9, 0, 0, 7]] * 2])
   nearest = np.asarray(contrastive.feature_labels(jnp.asarray(labels), (2, 4)))
   np.testing.assert_array_equal(nearest, [[[15, IGNORE, 100, 7]] * 2])
   rand = np.random.default_rng(8).integers(0, 30, (2, 32, 48))
@@ -341,9 +341,9 @@ def test_bilinear_label_quirk_mixes_ids_and_drops_void_and_large_ids():
                                 np_bilinear_int8(rand, 2, 3))
 
 
-def test_bilinear_label_quirk_turns_void_into_pseudo_labelled_anchors():
+def test_bilinear_labels_turns_void_into_pseudo_labelled_anchors():
   # Labels constant on each 2x2 cell, so bilinear resizing keeps a cell's id
-  # and the only change the quirk makes is void -> background -> pseudo-label.
+  # and the only change the switch makes is void -> background -> pseudo-label.
   case = random_case(9)
   rng = np.random.default_rng(9)
   b, h, w = case["student"].shape[:3]
@@ -352,26 +352,26 @@ def test_bilinear_label_quirk_turns_void_into_pseudo_labelled_anchors():
   void_anchor = (cells == IGNORE) & (np.argmax(case["logits"], -1) != 0)
   assert void_anchor.any()
   base = loss_value(case)
-  quirk = loss_value(case, {"ucd_bilinear_labels": True})
+  switched = loss_value(case, bilinear_labels=True)
   expected = reference_ucd(case["student"], case["teacher"], case["logits"], np.where(cells == IGNORE, 0, cells),
                            case["n"])
-  np.testing.assert_allclose(quirk, expected, rtol=1e-4)
-  # Void cells with an old-class prediction are anchors only under the quirk.
+  np.testing.assert_allclose(switched, expected, rtol=1e-4)
+  # Void cells with an old-class prediction are anchors only with the switch on.
   moved = dict(case, student=np.where(void_anchor[..., None], -case["student"], case["student"]))
   assert loss_value(moved) == pytest.approx(base, rel=1e-6)
-  assert loss_value(moved, {"ucd_bilinear_labels": True}) != pytest.approx(quirk, rel=1e-4)
+  assert loss_value(moved, bilinear_labels=True) != pytest.approx(switched, rel=1e-4)
 
 
-def test_unshifted_negatives_quirk_weighs_negatives_more():
+def test_unshifted_negatives_weighs_negatives_more():
   case = random_case(10)
   base = loss_value(case)
-  quirk = loss_value(case, {"ucd_unshifted_negatives": True})
+  switched = loss_value(case, unshifted_negatives=True)
   # The row maximum is the anchor against its own copy, 1/tau: negatives
   # weigh e^(1/tau) ~ 1.6e6 times more than in the equation.
-  assert quirk > base + 1.0
+  assert switched > base + 1.0
   labels_os = labels_at_features(case["labels"])
   expected = reference_ucd(case["student"], case["teacher"], case["logits"], labels_os, case["n"], unshifted=True)
-  np.testing.assert_allclose(quirk, expected, rtol=1e-4)
+  np.testing.assert_allclose(switched, expected, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------
@@ -436,3 +436,22 @@ def test_registered_term_and_presets():
     methods.apply_to_config(config, conventions)
     assert dict(config.losses) == {"ce": 1.0, "ucd": 0.01}
     assert config.loss_options.ucd.to_dict() == dict(ucd_method.UCD_OPTIONS, uncertainty=False, denominator=denominator)
+
+
+def test_reference_switches_are_options_off_by_default():
+  # Every method with the `ucd` term lists both switches (so that
+  # --config.loss_options.ucd.<switch>=True overrides an existing field), off.
+  users = [name for name in methods.names() if "ucd" in methods.get(name).losses]
+  assert sorted(users) == ["cd", "mib_ucd", "plop_ucd", "ucd"]
+  for name in users:
+    options = methods.get(name).options["ucd"]
+    assert (options["bilinear_labels"], options["unshifted_negatives"]) == (False, False), name
+  # The options reach the loss as keywords: the config's options give the
+  # default loss, and switching one on changes it.
+  case = random_case(15)
+  config = ml_collections.ConfigDict({"method": "ucd", "losses": {}, "loss_options": {}, "task": "15-1"})
+  methods.apply_to_config(config)
+  options = {k: v for k, v in config.loss_options.ucd.to_dict().items() if k != "block_size"}
+  assert loss_value(case, **options) == loss_value(case)
+  assert loss_value(case, **dict(options, unshifted_negatives=True)) == loss_value(case, unshifted_negatives=True)
+  assert loss_value(case, unshifted_negatives=True) != pytest.approx(loss_value(case), rel=1e-4)

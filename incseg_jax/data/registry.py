@@ -56,9 +56,7 @@ def _shapes(dataset_cfg) -> tuple[Any, DatasetMeta]:
   if not os.path.isdir(os.path.join(data_dir, "shapes", dataset_cfg.builder_config)):
     print(f"building the shapes dataset ({dataset_cfg.builder_config}) into {data_dir} (once)", flush=True)
   builder = shapes.build(data_dir=data_dir, config=dataset_cfg.builder_config)
-  meta = DatasetMeta(name="shapes", num_classes=shapes.NUM_CLASSES, ignore_label=shapes.IGNORE_LABEL,
-                     class_names=tuple(shapes.CLASS_NAMES), palette=np.asarray(shapes.PALETTE))
-  return builder, meta
+  return builder, meta("shapes")
 
 
 # The first paper's VOC order "based on the pixels' occurrence" (its Tables 2,
@@ -82,10 +80,7 @@ def _folder_loader(module_name: str) -> Callable[[Any], tuple[Any, DatasetMeta]]
     if any(skipped.values()):
       print(f"note: {module.NAME} records were built with skip_bad_records; skipped per split: {skipped}",
             flush=True)
-    meta = DatasetMeta(name=module.NAME, num_classes=module.NUM_CLASSES, ignore_label=module.IGNORE_LABEL,
-                       class_names=tuple(module.CLASS_NAMES), palette=np.asarray(module.PALETTE),
-                       void_is_zero=module.VOID_IS_ZERO, named_orders=_NAMED_ORDERS.get(module.NAME, {}))
-    return builder, meta
+    return builder, meta(module_name)
 
   return load_folder
 
@@ -94,14 +89,27 @@ _LOADERS: dict[str, Callable[[Any], tuple[Any, DatasetMeta]]] = {"shapes": _shap
 _LOADERS.update({name: _folder_loader(name) for name in ("voc", "ade20k", "cityscapes", "msrc")})
 
 
+def meta(name: str) -> DatasetMeta:
+  """Metadata of dataset `name` from its module's class table, without reading or building any data.
+
+  Raises:
+    ValueError: unknown dataset name (the message lists the known ones).
+  """
+  _check_name(name)
+  module = importlib.import_module(f"incseg_jax.data.{name}")
+  # `shapes` has no NAME or VOID_IS_ZERO: it is not a folder dataset, and its label 0 is a real background.
+  return DatasetMeta(name=getattr(module, "NAME", name), num_classes=module.NUM_CLASSES,
+                     ignore_label=module.IGNORE_LABEL, class_names=tuple(module.CLASS_NAMES),
+                     palette=np.asarray(module.PALETTE), void_is_zero=getattr(module, "VOID_IS_ZERO", False),
+                     named_orders=_NAMED_ORDERS.get(name, {}))
+
+
 def num_classes(name: str) -> int:
   """Class count (background/void included) of dataset `name`, without reading any data.
 
   Lets scenario strings be checked before a dataset is built or loaded.
   """
-  _check_name(name)
-  module = "shapes" if name == "shapes" else name
-  return importlib.import_module(f"incseg_jax.data.{module}").NUM_CLASSES
+  return meta(name).num_classes
 
 
 def _check_name(name: str) -> None:

@@ -9,8 +9,9 @@ here with its terms and a preset in `incseg_jax/methods`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 
@@ -53,7 +54,6 @@ class LossInputs:
       pixels that do not count.
     images: (B, H, W, 3) normalised input images.
     task: static TaskInfo.
-    quirks: the config's named reference-code switches (a plain dict).
     extras: arrays a method computed before the task step (its `prepare`
       hook, e.g. PLOP's per-class entropy thresholds); empty otherwise.
   """
@@ -62,7 +62,6 @@ class LossInputs:
   labels: jax.Array
   images: jax.Array
   task: TaskInfo
-  quirks: dict[str, Any] = dataclasses.field(default_factory=dict)
   extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -84,6 +83,40 @@ def register(name: str, needs_teacher: bool = False):
     return fn
 
   return wrap
+
+
+@contextlib.contextmanager
+def registered(name: str, fn: Callable[..., jax.Array],
+               needs_teacher: bool = False) -> Iterator[Callable[..., jax.Array]]:
+  """Registers `fn` as `name` for the duration of a `with` block (for tests).
+
+  On exit the registry is as before: the entry is removed, or a previous
+  entry under the same name (and its needs_teacher flag) is restored.
+
+  Args:
+    name: the term's config name.
+    fn: the loss function.
+    needs_teacher: as in `register`.
+
+  Yields:
+    fn.
+  """
+  previous = _REGISTRY.get(name)
+  previous_needs_teacher = name in _NEEDS_TEACHER
+  _REGISTRY[name] = fn
+  _NEEDS_TEACHER.discard(name)
+  if needs_teacher:
+    _NEEDS_TEACHER.add(name)
+  try:
+    yield fn
+  finally:
+    if previous is None:
+      _REGISTRY.pop(name, None)
+    else:
+      _REGISTRY[name] = previous
+    _NEEDS_TEACHER.discard(name)
+    if previous_needs_teacher:
+      _NEEDS_TEACHER.add(name)
 
 
 def get(name: str) -> Callable[..., jax.Array]:

@@ -49,13 +49,14 @@ contrast set), `old_features_at_new` (old-model features also at new-class
 pixels: the rows of Table 7 with old-model "new" ticked; the public code's
 unused `v1` branch).
 
-Reference-code switches (`inputs.quirks`, REFERENCE_NOTES "Reference bugs"):
-  * `ucd_bilinear_labels`: labels resized bilinearly, truncated and wrapped
+Reference-code switches (options of the term, off by default; REFERENCE_NOTES
+"Reference bugs"; each reproduces the public code's computation):
+  * `bilinear_labels`: labels resized bilinearly, truncated and wrapped
     like a cast to int8, then values < 0 or > 20 set to 0. Boundaries between
     two classes get a third class id (e.g. 3|15 -> 9), void (255) wraps to -1
     and becomes background (so it is pseudo-labelled), and every class id > 20
     becomes background (breaks ADE20K / Cityscapes-19 ids).
-  * `ucd_unshifted_negatives`: the negatives' sum of exponentials is taken
+  * `unshifted_negatives`: the negatives' sum of exponentials is taken
     before the max-shift and the positive after it,
         l = (s_ag - m_a) - log(e^{s_ag - m_a} + sum_n e^{s_an}),
     with m_a the (stop-gradient) row maximum over the contrast set (1/tau: the
@@ -111,8 +112,8 @@ def feature_labels(labels: jax.Array, size: tuple[int, int], bilinear: bool = Fa
     labels: (B, H, W) int labels.
     size: (h, w).
     bilinear: False: nearest neighbour, sampling each output cell's centre
-      (any class count, the ignore label kept). True: the `ucd_bilinear_labels`
-      quirk (see the module docstring).
+      (any class count, the ignore label kept). True: the `bilinear_labels`
+      reference-code switch (see the module docstring).
 
   Returns:
     (B, h, w) int32 labels.
@@ -172,7 +173,7 @@ def _normalise(x: jax.Array) -> jax.Array:
 
 
 def pixel_sets(inputs: losses.LossInputs, background_in_contrast: bool = False, old_features: bool = True,
-               old_features_at_new: bool = False) -> tuple[PixelSet, PixelSet]:
+               old_features_at_new: bool = False, bilinear_labels: bool = False) -> tuple[PixelSet, PixelSet]:
   """Anchors (Eq. 3) and contrast set (anchors + Eq. 4), flattened over the batch.
 
   The contrast set's first P rows are the anchors' own features
@@ -184,14 +185,14 @@ def pixel_sets(inputs: losses.LossInputs, background_in_contrast: bool = False, 
     background_in_contrast: see the module docstring.
     old_features: see the module docstring.
     old_features_at_new: see the module docstring.
+    bilinear_labels: see the module docstring.
 
   Returns:
     (anchors with P rows, contrast set with P or 2P rows).
   """
   new = inputs.student["pre_logits"]
   b, h, w, d = new.shape
-  bilinear = bool(inputs.quirks.get("ucd_bilinear_labels", False))
-  labels_os = feature_labels(inputs.labels, (h, w), bilinear)
+  labels_os = feature_labels(inputs.labels, (h, w), bool(bilinear_labels))
   ext, probs, valid = extended_map(labels_os, inputs.teacher["logits_os"], inputs.task.num_channels,
                                    inputs.task.ignore_label)
   n_old = inputs.teacher["logits_os"].shape[-1]
@@ -235,7 +236,7 @@ def _rows(anchors: PixelSet, row_ids: jax.Array, contrast: PixelSet, temperature
     temperature: tau.
     uncertainty: weight positive pairs by sigma (Eq. 10).
     denominator: see the module docstring.
-    unshifted: the `ucd_unshifted_negatives` quirk.
+    unshifted: the `unshifted_negatives` reference-code switch.
 
   Returns:
     (sum over the rows with positives of their loss, number of such rows).
@@ -276,7 +277,8 @@ def _check(temperature, denominator, block_size=1):
 
 def ucd_dense_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: bool = True,
                    background_in_contrast: bool = False, old_features: bool = True,
-                   old_features_at_new: bool = False, denominator: str = "positive_and_negatives") -> jax.Array:
+                   old_features_at_new: bool = False, denominator: str = "positive_and_negatives",
+                   bilinear_labels: bool = False, unshifted_negatives: bool = False) -> jax.Array:
   """Eq. 11 (Eq. 7 without uncertainty) with the full (P x |contrast|) matrix.
 
   The reference for `ucd_loss`: same options (see the module docstring),
@@ -286,16 +288,17 @@ def ucd_dense_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncerta
     A scalar loss.
   """
   _check(temperature, denominator)
-  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new)
+  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new, bilinear_labels)
   total, count = _rows(anchors, jnp.arange(anchors.valid.shape[0]), contrast, temperature, uncertainty, denominator,
-                       bool(inputs.quirks.get("ucd_unshifted_negatives", False)))
+                       bool(unshifted_negatives))
   return total / jnp.maximum(count, 1)
 
 
 @losses.register("ucd", needs_teacher=True)
 def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: bool = True,
              background_in_contrast: bool = False, old_features: bool = True, old_features_at_new: bool = False,
-             denominator: str = "positive_and_negatives", block_size: int = 1024) -> jax.Array:
+             denominator: str = "positive_and_negatives", block_size: int = 1024, bilinear_labels: bool = False,
+             unshifted_negatives: bool = False) -> jax.Array:
   """UCD's contrastive distillation (Eq. 11; CD, Eq. 7, with uncertainty=False), blockwise.
 
   Equal to `ucd_dense_loss` in value and gradient; memory linear in the
@@ -303,7 +306,7 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
 
   Args:
     inputs: the step's LossInputs; reads `pre_logits` and `logits_os` of
-      student and teacher, `labels`, `task` and the `ucd_*` quirks.
+      student and teacher, `labels` and `task`.
     temperature: tau of Eq. 8 (the paper's 0.07).
     uncertainty: weight positive pairs by sigma (UCD) or by 1 (CD).
     background_in_contrast: background pixels become anchors / contrast.
@@ -312,12 +315,16 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
     denominator: "positive_and_negatives" (default) or "negatives" (Eq. 8 as
       printed).
     block_size: anchor rows per block.
+    bilinear_labels: reproduce the public code's bilinear label resizing (a
+      reference bug, see the module docstring).
+    unshifted_negatives: reproduce the public code's max-shift of the
+      positive only (a reference bug, see the module docstring).
 
   Returns:
     A scalar loss.
   """
   _check(temperature, denominator, block_size)
-  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new)
+  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new, bilinear_labels)
   p = anchors.valid.shape[0]
   rows = min(int(block_size), p)
   n_blocks = -(-p // rows)
@@ -327,7 +334,7 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
     x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))  # padded rows are not valid
     return x.reshape((n_blocks, rows) + x.shape[1:])
 
-  unshifted = bool(inputs.quirks.get("ucd_unshifted_negatives", False))
+  unshifted = bool(unshifted_negatives)
 
   @jax.checkpoint
   def block(args):

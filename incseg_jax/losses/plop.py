@@ -13,7 +13,7 @@ At steps > 0 (REFERENCE_NOTES 12-13, the public code's conventions):
     with n_seen = `task.num_channels` (background included). The code takes a
     *mean* over classes and divides by ln(N_old) and again by ln(n_seen), so
     u <= 1 / (N_old ln n_seen), not 1. Only the floor of the thresholds and
-    the reference's histogram (`plop_histogram_median` quirk) see this scale:
+    the reference's histogram (`histogram_median` option) see this scale:
     a median threshold is invariant to it.
   * Background pixels (label < N_old; training labels map old classes to 0)
     with u < tau[argmax] (per-class thresholds from the method's `prepare`
@@ -98,7 +98,7 @@ def pseudo_labels(labels: jax.Array, teacher_logits: jax.Array, thresholds: jax.
 
 @losses.register("plop_ce")
 def plop_ce(inputs: losses.LossInputs, reduction: str = "all_pixels", min_nu: float = 0.0,
-            threshold_floor: float = 0.001, nb_bins: int = 100) -> jax.Array:
+            threshold_floor: float = 0.001, nb_bins: int = 100, histogram_median: bool = False) -> jax.Array:
   """Eq. 19: nu-scaled CE on pseudo-labels (steps > 0); plain CE at step 0.
 
   Args:
@@ -108,13 +108,16 @@ def plop_ce(inputs: losses.LossInputs, reduction: str = "all_pixels", min_nu: fl
     min_nu: lower bound on nu.
     threshold_floor: read by the prepare hook (thresholds are at least this,
       the code's 0.001); unused here.
-    nb_bins: read by the prepare hook under the `plop_histogram_median` quirk
-      (the code's 100 bins); unused here.
+    nb_bins: read by the prepare hook with `histogram_median` (the code's 100
+      bins); unused here.
+    histogram_median: read by the prepare hook: thresholds from the public
+      code's histogram median, bug included (a reference bug, see
+      `incseg_jax/methods/plop.py`); unused here.
 
   Returns:
     A scalar loss.
   """
-  del threshold_floor, nb_bins
+  del threshold_floor, nb_bins, histogram_median
   if inputs.teacher is None:
     return ce.cross_entropy(inputs, reduction=reduction)
   if THRESHOLDS_KEY not in inputs.extras:

@@ -9,8 +9,9 @@ methods in its own small module, imported at the bottom of this file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import ml_collections
 
@@ -31,13 +32,11 @@ class PrepareContext:
       sees them: same augmentation, same order as the first epoch).
     task: the step's `losses.TaskInfo`.
     options: `config.loss_options` as a plain dict.
-    quirks: `config.quirks` as a plain dict.
   """
   teacher_forward: Callable[[Any], Mapping[str, Any]]
   batches: Callable[[], Any]
   task: Any
   options: Mapping[str, Any]
-  quirks: Mapping[str, Any]
 
 
 # PrepareContext -> {name: array}, passed to the losses as `inputs.extras`.
@@ -65,11 +64,15 @@ class Method:
       classes are labelled in evaluation at intermediate steps.
     options: term name -> default options of that term (copied into
       `config.loss_options.<term>`, where the command line can override them).
+    paper_options: term name -> options that `conventions=paper` sets over
+      `options`: the equations as the paper writes them, where the public
+      code (the default) differs. Terms not listed keep their defaults.
     doc: one line for `--help` style listings.
   """
   name: str
   losses: Mapping[str, float]
   options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  paper_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   frozen: tuple[str, ...] = ()
   head_init: HeadInit | None = None
   prepare: Prepare | None = None
@@ -81,23 +84,50 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 
-# conventions name -> term -> options that override the method's defaults.
-# "code" keeps the methods' defaults (the public code's conventions); the
-# families add their "paper" (equation-as-written) variants.
-CONVENTIONS: dict[str, dict[str, dict[str, Any]]] = {"code": {}, "paper": {}}
+# Values of the config argument `conventions`: "code" keeps the methods'
+# default options (the public code's), "paper" applies `Method.paper_options`.
+CONVENTION_NAMES = ("code", "paper")
+
+
+def _check(method: Method) -> None:
+  """Raises ValueError for an unknown loss name or options of an unused term."""
+  for term in method.losses:
+    losses_lib.get(term)
+  for field in ("options", "paper_options"):
+    unknown = set(getattr(method, field)) - set(method.losses)
+    if unknown:
+      raise ValueError(f"method {method.name!r}: {field} for terms it does not use: {sorted(unknown)}")
 
 
 def register(method: Method) -> Method:
   """Adds a method to the registry (its loss names must be registered)."""
-  for term in method.losses:
-    losses_lib.get(term)
-  unknown = set(method.options) - set(method.losses)
-  if unknown:
-    raise ValueError(f"method {method.name!r}: options for terms it does not use: {sorted(unknown)}")
+  _check(method)
   if method.name in _REGISTRY:
     raise ValueError(f"method {method.name!r} registered twice")
   _REGISTRY[method.name] = method
   return method
+
+
+@contextlib.contextmanager
+def registered(method: Method) -> Iterator[Method]:
+  """Registers `method` for the duration of a `with` block (for tests).
+
+  Checked as by `register`, but a method of the same name is replaced
+  instead of refused, and restored on exit; otherwise the entry is removed.
+
+  Yields:
+    method.
+  """
+  _check(method)
+  previous = _REGISTRY.get(method.name)
+  _REGISTRY[method.name] = method
+  try:
+    yield method
+  finally:
+    if previous is None:
+      _REGISTRY.pop(method.name, None)
+    else:
+      _REGISTRY[method.name] = previous
 
 
 def names() -> tuple[str, ...]:
@@ -109,8 +139,9 @@ def get(name: str) -> Method:
   """Returns a method, or the combination `a+b+...` of registered ones.
 
   A combination takes the union of the loss terms (a term named twice must
-  have the same default weight), of the frozen prefixes, and at most one head
-  initialisation and one label convention.
+  have the same default weight), of their options and paper options (a term's
+  options given by two parts must be equal), of the frozen prefixes, and at
+  most one head initialisation and one label convention.
 
   Raises:
     ValueError: unknown name (the message lists the known ones) or parts that
@@ -142,17 +173,25 @@ def get(name: str) -> Method:
   if len(conventions) > 1:
     raise ValueError(f"method {name!r}: parts follow different label conventions")
   void, unseen = conventions.pop() if conventions else (False, "ignore")
-  options: dict[str, Mapping[str, Any]] = {}
-  for m in ms:
-    for term, opts in m.options.items():
-      if term in options and dict(options[term]) != dict(opts):
-        raise ValueError(f"method {name!r}: parts give loss {term!r} different options")
-      options[term] = opts
+  options = _union_options(name, "options", [m.options for m in ms])
+  paper_options = _union_options(name, "paper options", [m.paper_options for m in ms])
   frozen = tuple(dict.fromkeys(p for m in ms for p in m.frozen))
-  return Method(name=name, losses=terms, options=options, frozen=frozen,
+  return Method(name=name, losses=terms, options=options, paper_options=paper_options, frozen=frozen,
                 head_init=head_inits.pop() if head_inits else None,
                 prepare=prepares.pop() if prepares else None,
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
+
+
+def _union_options(name: str, what: str,
+                   parts: list[Mapping[str, Mapping[str, Any]]]) -> dict[str, Mapping[str, Any]]:
+  """Term -> options over the parts of a combination; a term's options given twice must agree."""
+  out: dict[str, Mapping[str, Any]] = {}
+  for part in parts:
+    for term, opts in part.items():
+      if term in out and dict(out[term]) != dict(opts):
+        raise ValueError(f"method {name!r}: parts give loss {term!r} different {what}")
+      out[term] = opts
+  return out
 
 
 def apply_to_config(config: ml_collections.ConfigDict, conventions: str = "code") -> None:
@@ -167,42 +206,39 @@ def apply_to_config(config: ml_collections.ConfigDict, conventions: str = "code"
     config: the config being built.
     conventions: "code" (default): each term's options as in the public code
       that produced the published numbers; "paper": as the paper's equations
-      are written (see `incseg_jax/methods/ilt.py` and docs/methods.md).
+      are written (the method's `paper_options` over its `options`; see
+      docs/methods.md).
+
+  Raises:
+    ValueError: unknown method or conventions.
   """
   method = get(config.method)
-  if conventions not in CONVENTIONS:
-    raise ValueError(f"conventions={conventions!r}: expected one of {sorted(CONVENTIONS)}")
+  if conventions not in CONVENTION_NAMES:
+    raise ValueError(f"conventions={conventions!r}: expected one of {list(CONVENTION_NAMES)}")
   with config.unlocked():
     config.losses = ml_collections.ConfigDict(dict(method.losses))
     for term in method.losses:
       opts = dict(method.options.get(term, {}))
-      opts.update(CONVENTIONS[conventions].get(term, {}))
+      if conventions == "paper":
+        opts.update(method.paper_options.get(term, {}))
       config.loss_options[term] = ml_collections.ConfigDict(opts)
     if method.joint:
       config.task = "joint"
 
 
-def check_config(config: ml_collections.ConfigDict) -> Method:
-  """Checks that `config.losses` fits `config.method`; returns the method.
+def active_terms(config: ml_collections.ConfigDict, task_index: int) -> list[tuple[str, float, dict[str, Any]]]:
+  """(name, weight, options) of the loss terms task step `task_index` trains with.
 
-  Raises:
-    ValueError: unknown method or loss, or a term the method needs is missing
-      (which happens when `--config.method` is overridden on the command line
-      instead of being chosen in the config argument).
+  Terms with weight 0 are off; terms that need the teacher are off at step 0,
+  where there is no previous model.
   """
-  method = get(config.method)
-  for term in config.losses:
-    losses_lib.get(term)
-  missing = [t for t in method.losses if t not in config.losses]
-  if missing:
-    raise ValueError(
-        f"config.method={config.method!r} needs loss term(s) {missing} that config.losses "
-        f"({dict(config.losses)}) lacks; choose the method in the config argument, e.g. "
-        f"--config=configs/shapes.py:method={config.method}")
-  if method.joint and config.task != "joint":
-    raise ValueError(f"method 'joint' trains all classes in one step, but config.task={config.task!r}; "
-                     "use task=joint or drop the override")
-  return method
+  return [(name, float(w), dict(config.loss_options.get(name, {})))
+          for name, w in config.losses.items() if w and (task_index > 0 or not losses_lib.needs_teacher(name))]
+
+
+def frozen_prefixes(method: Method, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Parameter prefixes frozen at steps > 0: the method's plus `config.freeze`, without repeats."""
+  return tuple(dict.fromkeys(tuple(method.frozen) + tuple(config.freeze)))
 
 
 # Importing the families registers their methods.

@@ -17,6 +17,7 @@ register(Method(
     name="mib_ucd",
     losses={"unbiased_ce": 1.0, "unbiased_kd": 10.0, "ucd": ucd_lib.UCD_WEIGHT},
     options={"ucd": dict(ucd_lib.UCD_OPTIONS)},
+    paper_options=dict(mib_lib.MIB_PAPER_OPTIONS, ucd=ucd_lib.UCD_PAPER_OPTIONS),
     head_init=mib_lib.mib_head_init,
     void_as_background=False, unseen_eval="background",
     doc="MiB + UCD: unbiased CE + 10 x unbiased KD + 0.01 x UCD (Eq. 17)"))
@@ -26,6 +27,7 @@ register(Method(
     name="plop_ucd",
     losses=dict(_PLOP.losses, ucd=ucd_lib.UCD_WEIGHT),
     options=dict(_PLOP.options, ucd=dict(ucd_lib.UCD_OPTIONS)),
+    paper_options=dict(_PLOP.paper_options, ucd=ucd_lib.UCD_PAPER_OPTIONS),
     head_init=_PLOP.head_init, prepare=_PLOP.prepare,
     void_as_background=False, unseen_eval="background",
     doc="PLOP + UCD: pseudo-labelled CE + 0.01 x Local POD + 0.01 x UCD (Eq. 20)"))

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from incseg_jax.losses import mib as _mib_losses  # noqa: F401  (registers the terms)
-from incseg_jax.methods import CONVENTIONS, Method, register
+from incseg_jax.methods import Method, register
 
 
 def mib_head_init(teacher_variables: Mapping[str, Any], student_variables: Mapping[str, Any],
@@ -81,12 +81,13 @@ def mib_head_init(teacher_variables: Mapping[str, Any], student_variables: Mappi
 
 
 _MIB_LABELS = {"void_as_background": True, "unseen_eval": "ignore"}
+# `conventions=paper`: Eq. 15 sums over the old classes (the code averages).
+MIB_PAPER_OPTIONS = {"unbiased_kd": {"class_reduction": "sum"}}
 
 register(Method(name="lwf", losses={"ce": 1.0, "lwf": 100.0}, **_MIB_LABELS,
                 doc="LwF as in the MiB code: KD on the old channels' softmax"))
 register(Method(name="lwf_mc", losses={"bce": 1.0, "lwf_mc_kd": 10.0}, **_MIB_LABELS,
                 doc="LwF-MC as in the MiB code: sigmoid BCE + BCE distillation"))
 register(Method(name="mib", losses={"unbiased_ce": 1.0, "unbiased_kd": 10.0}, head_init=mib_head_init,
-                **_MIB_LABELS, doc="MiB: unbiased CE + unbiased KD + background-based head init"))
-
-CONVENTIONS["paper"].update({"unbiased_kd": {"class_reduction": "sum"}})
+                paper_options=MIB_PAPER_OPTIONS, **_MIB_LABELS,
+                doc="MiB: unbiased CE + unbiased KD + background-based head init"))

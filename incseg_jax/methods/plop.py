@@ -21,10 +21,11 @@ the floor, so such pixels are kept only when very confident. We take the
 exact median (the mean of the two middle values for an even count), which
 holds the epoch's background entropies in memory (4 bytes per background
 pixel). The code approximates it from 100-bin histograms and, in doing so,
-adds bin *indices* instead of counts while scanning for the half-count;
-`config.quirks.plop_histogram_median=True` reproduces that computation
-(thresholds can then come out -inf, inf or NaN: -inf is raised to the floor,
-inf accepts every pixel of the class, NaN none, as in the code).
+adds bin *indices* instead of counts while scanning for the half-count.
+The `plop_ce` option `histogram_median=True` (off by default;
+`--config.loss_options.plop_ce.histogram_median=True`) reproduces that
+computation (thresholds can then come out -inf, inf or NaN: -inf is raised to
+the floor, inf accepts every pixel of the class, NaN none, as in the code).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def reference_histogram_median(histogram: np.ndarray) -> float:
 
 
 class ReferenceHistograms:
-  """Per-class 100-bin histograms and the code's median (quirk)."""
+  """Per-class 100-bin histograms and the code's median (`histogram_median`)."""
 
   def __init__(self, num_classes: int, nb_bins: int):
     self._hist = np.zeros((num_classes, nb_bins), np.int64)
@@ -115,7 +116,9 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
   """Computes PLOP's per-class entropy thresholds over one epoch (module doc).
 
   Options are read from `ctx.options["plop_ce"]`: `threshold_floor` (0.001),
-  `nb_bins` (100, quirk only).
+  `histogram_median` (False: exact medians; True: the public code's
+  histogram median, a reference bug) and `nb_bins` (100, with
+  `histogram_median` only).
 
   Returns:
     {THRESHOLDS_KEY: (N_old,) float32}, indexed by the old model's argmax.
@@ -124,7 +127,7 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
   floor = float(opts.get("threshold_floor", 0.001))
   task = ctx.task
   n_old = task.num_old_channels
-  if ctx.quirks.get("plop_histogram_median", False):
+  if opts.get("histogram_median", False):
     stats = ReferenceHistograms(n_old, int(opts.get("nb_bins", 100)))
   else:
     stats = ExactMedians(n_old)
@@ -138,7 +141,8 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
 
 register(Method(
     name="plop", losses={"plop_ce": 1.0, "pod": 0.01},
-    options={"plop_ce": {"reduction": "all_pixels", "min_nu": 0.0, "threshold_floor": 0.001, "nb_bins": 100},
+    options={"plop_ce": {"reduction": "all_pixels", "min_nu": 0.0, "threshold_floor": 0.001, "nb_bins": 100,
+                         "histogram_median": False},
              "pod": {"scales": (1, 2, 4), "logits_weight": 0.05, "layers": pod_losses.LAYERS,
                      "class_schedule": True, "squared": False}},
     head_init=mib_head_init, prepare=plop_prepare, void_as_background=False, unseen_eval="background",

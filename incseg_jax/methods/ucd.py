@@ -16,10 +16,15 @@ overrides, e.g. `--config.loss_options.ucd.background_in_contrast=True` and
 `old_features_at_new=True` alone (second row), the defaults (third row).
 `conventions=paper` uses Eq. 8 as printed (negatives only in the
 denominator); see `incseg_jax/losses/contrastive.py` for both forms.
+
+The public code's two bugs (REFERENCE_NOTES "Reference bugs") are options of
+the term too, off by default: `--config.loss_options.ucd.bilinear_labels=True`
+(its label resizing) and `--config.loss_options.ucd.unshifted_negatives=True`
+(its stability shift).
 """
 
 from incseg_jax.losses import contrastive  # noqa: F401  pylint: disable=unused-import  (registers "ucd")
-from incseg_jax.methods import CONVENTIONS, Method, register
+from incseg_jax.methods import Method, register
 
 UCD_WEIGHT = 0.01
 UCD_OPTIONS = {
@@ -30,13 +35,15 @@ UCD_OPTIONS = {
     "old_features_at_new": False,
     "denominator": "positive_and_negatives",
     "block_size": 1024,
+    "bilinear_labels": False,
+    "unshifted_negatives": False,
 }
+# `conventions=paper`: Eq. 8 as printed.
+UCD_PAPER_OPTIONS = {"denominator": "negatives"}
 
 register(Method(name="ucd", losses={"ce": 1.0, "ucd": UCD_WEIGHT}, options={"ucd": dict(UCD_OPTIONS)},
-                void_as_background=False, unseen_eval="background",
+                paper_options={"ucd": UCD_PAPER_OPTIONS}, void_as_background=False, unseen_eval="background",
                 doc="uncertainty-aware contrastive distillation (UCD, Eq. 11)"))
 register(Method(name="cd", losses={"ce": 1.0, "ucd": UCD_WEIGHT}, options={"ucd": dict(UCD_OPTIONS, uncertainty=False)},
-                void_as_background=False, unseen_eval="background",
+                paper_options={"ucd": UCD_PAPER_OPTIONS}, void_as_background=False, unseen_eval="background",
                 doc="contrastive distillation without uncertainty (CD, Eq. 7)"))
-
-CONVENTIONS["paper"].update({"ucd": {"denominator": "negatives"}})

@@ -1,486 +1,36 @@
 """ImageNet-pretrained ResNet weights -> our backbone (``config.pretrained``).
 
-Two checkpoint layouts are recognised:
-
-* torchvision: ``conv1``, ``bn1``, ``layer{s}.{i}.{conv,bn}{k}``,
-  ``layer{s}.{i}.downsample.{0,1}`` (and the ImageNet head ``fc``).
-* in-place-ABN (``resnet101_iabn_sync.pth.tar``, the weights MiB/PLOP/UCD
-  start from; mapillary/inplace_abn ``scripts/models/resnet.py`` with
-  ``modules/residual.py:ResidualBlock``, copied verbatim by MiB and PLOP):
-  ``mod1.{conv1,bn1}``, ``mod{s+1}.block{i+1}.convs.{conv,bn}{k}``,
-  ``mod{s+1}.block{i+1}.proj_{conv,bn}`` (and the head ``classifier.fc``),
-  usually nested under ``state_dict`` with a ``module.`` prefix.
-
-Both are post-activation ResNets with the stride on the 3x3 conv and a strided
-1x1 projection, exactly our ``Bottleneck``/``BasicBlock``, so every tensor has
-exactly one destination: stem/{conv,bn},
-stage{s}/block{i-1}/{conv,bn}{k}, .../downsample_{conv,bn}. Convs go from
-OIHW to HWIO; BatchNorm ``weight/bias`` go to ``params`` ``scale/bias`` and
-``running_mean/running_var`` to ``batch_stats`` ``mean/var``.
-
-Two in-place-ABN details change the numbers and are reproduced here:
-
-* Every nonlinearity is leaky ReLU with slope 0.01 (bn1/bn2 of each block,
-  the stem BN, and the activation after the residual add; bn3 and proj_bn are
-  'identity' because the add follows them). Our ResNet does the same with
-  ``model.activation='leaky_relu'``, so importing an in-place-ABN file with
-  any other activation is an error.
-* In-place ABN scales by ``|weight| + eps`` instead of ``weight`` (that keeps
-  the affine map invertible; ``inplace_abn.functions.inplace_abn`` documents
-  ``x <- act(x_hat) * (|weight| + eps) + bias`` and every CPU/CUDA kernel
-  since v0.1 computes it), so the imported ``scale`` is ``|weight| + 1e-5``.
-  Eval-mode outputs then match exactly; under fine-tuning SGD on our
-  ``scale`` equals SGD on in-place-ABN's ``weight`` as long as the sign of
-  ``weight`` does not flip.
-
-Dilation: both in-place-ABN (``ResNet._stride_dilation``) and our ResNet give
-every block of a dilated stage the stage's dilation; torchvision's
-``replace_stride_with_dilation`` keeps the previous dilation in the first
-block of the stage, so torchvision weights at OS8/OS16 run under the
-in-place-ABN/DeepLab convention, which is what MiB-style code does anyway.
-
-Files: ``.npz`` and ``.safetensors`` (no torch), or ``.pth``/``.pth.tar``/
-``.pt`` when torch happens to be installed (never a dependency; without it
-the error prints the conversion command ``TORCH_TO_NPZ_COMMAND``).
+The entry points for a model config: ``validate`` checks a file before training
+and ``load_into`` puts its weights into the model's variables. The file formats
+(.npz, .safetensors, torch) are ``weight_files``; the torchvision and
+in-place-ABN name layouts, and what each one implies (in-place ABN's leaky
+ReLU and ``|weight| + eps`` BN scale), are ``resnet_names``.
 """
 
-import importlib.util
 import os
-import re
-from collections.abc import Mapping
-from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
+from incseg_jax.models import resnet_names
+from incseg_jax.models import weight_files
 from incseg_jax.models.segmodel import build_model
-
-TORCH_EXTENSIONS = ('.pth.tar', '.pth', '.pt')
-ACCEPTED_EXTENSIONS = TORCH_EXTENSIONS + ('.safetensors', '.npz')
-LAYOUTS = ('torchvision', 'iabn')
-# The activation each layout's ImageNet training used (see module doc).
-LAYOUT_ACTIVATION = {'torchvision': 'relu', 'iabn': 'leaky_relu'}
-# BatchNorm epsilon of torchvision, in-place ABN and our ResNet alike.
-BN_EPS = 1e-5
-# Checkpoint containers that hold the state dict one level down.
-_WRAPPER_KEYS = ('state_dict', 'model')
-_MAX_LISTED_KEYS = 8  # keys shown when a layout is not recognised
-
-# Converts a torch checkpoint to .npz with torch + numpy only; kept in sync
-# with the docstring of incseg_jax/tools/convert_weights.py (tested).
-TORCH_TO_NPZ_COMMAND = (
-    'python -c "import sys,torch,numpy as np;'
-    "d=torch.load(sys.argv[1],map_location='cpu');"
-    "d=d.get('state_dict',d.get('model',d));"
-    "np.savez(sys.argv[2],**{(k[7:] if k.startswith('module.') else k):"
-    '(v.float() if v.is_floating_point() else v).numpy() '
-    'for k,v in d.items()})"'
-    ' IN.pth OUT.npz')
-
-# (blocks per stage, bottleneck) -> name, to say what a file is.
-_KNOWN_DEPTHS = {
-    ((2, 2, 2, 2), False): 'ResNet-18',
-    ((3, 4, 6, 3), False): 'ResNet-34',
-    ((3, 4, 6, 3), True): 'ResNet-50',
-    ((3, 4, 23, 3), True): 'ResNet-101',
-    ((3, 8, 36, 3), True): 'ResNet-152',
-}
-_BLOCK_RE = {
-    'torchvision': re.compile(r'^layer([1-4])\.(\d+)\.'),
-    'iabn': re.compile(r'^mod([2-5])\.block(\d+)\.'),
-}
-
-
-def _extension(path: str) -> str | None:
-  lower = path.lower()
-  for ext in ACCEPTED_EXTENSIONS:
-    if lower.endswith(ext):
-      return ext
-  return None
-
-
-def _torch_missing_message(path: str) -> str:
-  return (
-      f'{path!r} is a PyTorch file; reading it needs torch, which is not '
-      'installed (incseg_jax does not depend on it). Convert it once, on any '
-      'machine with torch, to .npz:\n'
-      f'  {TORCH_TO_NPZ_COMMAND}\n'
-      '(or `python -m incseg_jax.tools.convert_weights IN.pth OUT.npz` where '
-      'both torch and incseg_jax are installed) and point config.pretrained '
-      'at the .npz file.')
-
-
-def _load_torch(path: str, trust_pickle: bool):
-  if importlib.util.find_spec('torch') is None:
-    raise ValueError(_torch_missing_message(path))
-  import torch  # pylint: disable=g-import-not-at-top
-  if trust_pickle:
-    return torch.load(path, map_location='cpu', weights_only=False)
-  try:
-    return torch.load(path, map_location='cpu', weights_only=True)
-  except TypeError:  # torch < 1.13 has no weights_only (and always unpickles)
-    return torch.load(path, map_location='cpu')
-
-
-def _to_numpy(value):
-  """np.ndarray for arrays and torch tensors, None for anything else."""
-  if isinstance(value, np.ndarray):
-    return value
-  if type(value).__module__.startswith('torch') and hasattr(value, 'detach'):
-    t = value.detach().cpu()
-    if not hasattr(np, str(t.dtype).rsplit('.', 1)[-1]):  # bfloat16
-      t = t.float()
-    return t.numpy()
-  return None
-
-
-def _normalise(raw: Any, path: str) -> dict[str, np.ndarray]:
-  """Unwraps checkpoint containers, strips 'module.' and converts to NumPy."""
-  for _ in range(3):  # e.g. {'model': {'state_dict': {...}}}
-    if not isinstance(raw, Mapping):
-      break
-    inner = [k for k in _WRAPPER_KEYS if isinstance(raw.get(k), Mapping)]
-    if not inner:
-      break
-    raw = raw[inner[0]]
-  if not isinstance(raw, Mapping):
-    raise ValueError(f'{path!r} does not hold a state dict (a mapping of '
-                     f'names to arrays) but a {type(raw).__name__}')
-  out, bad = {}, []
-  for key, value in raw.items():
-    # DataParallel/DistributedDataParallel prefix (PLOP strips key[7:]).
-    name = key[len('module.'):] if key.startswith('module.') else key
-    array = _to_numpy(value)
-    if array is None:
-      bad.append(f'{key} ({type(value).__name__})')
-    elif name in out:
-      bad.append(f'{key} (duplicate of {name} once "module." is stripped)')
-    else:
-      out[name] = array
-  if bad:
-    raise ValueError(f'{path!r} is not a plain state dict; these entries are '
-                     f'not arrays: {", ".join(bad)}')
-  if not out:
-    raise ValueError(f'{path!r} holds no arrays')
-  return out
-
-
-def load_state_dict(path, *, trust_pickle: bool = False
-                    ) -> dict[str, np.ndarray]:
-  """Reads a weights file into a flat ``{name: np.ndarray}`` dict.
-
-  A top-level ``state_dict``/``model`` entry is unwrapped and a leading
-  ``module.`` is stripped from every name. Names are otherwise kept (no
-  layout knowledge here; see ``import_backbone``).
-
-  Args:
-    path: ``.npz``, ``.safetensors``, or ``.pth``/``.pth.tar``/``.pt`` (these
-      need torch installed).
-    trust_pickle: torch files are read with ``weights_only=True`` unless this
-      is set; set it only for a file you trust, whose checkpoint also holds
-      other Python objects.
-
-  Returns:
-    Flat dict of NumPy arrays.
-
-  Raises:
-    FileNotFoundError: ``path`` does not exist.
-    ValueError: unknown extension (the accepted ones are listed), torch file
-      without torch (the conversion command is shown), unreadable file, or a
-      file that is not a state dict.
-  """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'pretrained weights file {path!r} does not exist')
-  if os.path.isdir(path):
-    raise ValueError(f'pretrained weights path {path!r} is a directory, not a '
-                     'file')
-  ext = _extension(path)
-  if ext is None:
-    raise ValueError(
-        f'{path!r} has an unknown extension; accepted: '
-        f'{", ".join(ACCEPTED_EXTENSIONS)} ({", ".join(TORCH_EXTENSIONS)} '
-        'need torch)')
-  if ext in TORCH_EXTENSIONS and importlib.util.find_spec('torch') is None:
-    raise ValueError(_torch_missing_message(path))
-  try:
-    if ext in TORCH_EXTENSIONS:
-      raw = _load_torch(path, trust_pickle)
-    elif ext == '.safetensors':
-      import safetensors.numpy  # pylint: disable=g-import-not-at-top
-      raw = safetensors.numpy.load_file(path)
-    else:
-      with np.load(path, allow_pickle=False) as f:
-        raw = {k: f[k] for k in f.files}
-  except Exception as e:  # pylint: disable=broad-except
-    hint = ''
-    if ext in TORCH_EXTENSIONS and not trust_pickle:
-      hint = (' (if it is a checkpoint you trust that also pickles other '
-              'Python objects, convert it with `python -m '
-              'incseg_jax.tools.convert_weights --trust-pickle IN OUT.npz`)')
-    raise ValueError(f'cannot read {path!r} as a {ext} file: '
-                     f'{type(e).__name__}: {e}{hint}') from e
-  return _normalise(raw, path)
-
-
-def detect_layout(state_dict: Mapping[str, Any], *, source: str = 'state dict'
-                  ) -> str:
-  """'torchvision' or 'iabn' (in-place-ABN) from the key names.
-
-  Raises:
-    ValueError: neither or both layouts match; the message shows some keys.
-  """
-  keys = list(state_dict)
-  tv = any(k == 'conv1.weight' or k.startswith('layer1.') for k in keys)
-  iabn = any(k.startswith(('mod1.', 'mod2.')) for k in keys)
-  if tv != iabn:
-    return 'torchvision' if tv else 'iabn'
-  shown = sorted(keys)[:_MAX_LISTED_KEYS]
-  more = f' ... ({len(keys)} keys)' if len(keys) > len(shown) else ''
-  what = ('mixes torchvision and in-place-ABN key names' if tv else
-          'has an unknown ResNet checkpoint layout')
-  raise ValueError(
-      f'{source} {what}: expected either torchvision keys (conv1.weight, '
-      'layer1.0.conv1.weight, ...) or in-place-ABN keys (mod1.conv1.weight, '
-      f'mod2.block1.convs.conv1.weight, ...); first keys: {shown}{more}')
-
-
-def _module_prefix(layout: str, module: tuple[str, ...]) -> str:
-  """File-side name of one of our backbone modules (conv or BN)."""
-  if module in (('stem', 'conv'), ('stem', 'bn')):
-    name = {'conv': 'conv1', 'bn': 'bn1'}[module[1]]
-    return name if layout == 'torchvision' else f'mod1.{name}'
-  m = (re.fullmatch(r'stage([1-4])', module[0]) if len(module) == 3 else None)
-  b = re.fullmatch(r'block(\d+)', module[1]) if m else None
-  if not (m and b):
-    raise ValueError(f'backbone_vars has a module {"/".join(module)} that no '
-                     'ResNet checkpoint has (is it a ResNet backbone subtree?)')
-  stage, block, layer = int(m.group(1)), int(b.group(1)), module[2]
-  if layout == 'torchvision':
-    base, convs = f'layer{stage}.{block}', ''
-    sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
-  else:  # in-place ABN numbers modules and blocks from 1, stem is mod1
-    base, convs = f'mod{stage + 1}.block{block + 1}', 'convs.'
-    sub = {'downsample_conv': 'proj_conv', 'downsample_bn': 'proj_bn'}
-  if layer in sub:
-    return f'{base}.{sub[layer]}'
-  if re.fullmatch(r'(conv|bn)[1-3]', layer):
-    return f'{base}.{convs}{layer}'
-  raise ValueError(f'backbone_vars has a module {"/".join(module)} that no '
-                   'ResNet checkpoint has (is it a ResNet backbone subtree?)')
-
-
-# our leaf name -> (file suffix, kind)
-_LEAVES = {
-    ('params', 'kernel'): ('weight', 'conv'),
-    ('params', 'scale'): ('weight', 'bn_scale'),
-    ('params', 'bias'): ('bias', 'bn_bias'),
-    ('batch_stats', 'mean'): ('running_mean', 'bn_mean'),
-    ('batch_stats', 'var'): ('running_var', 'bn_var'),
-}
-
-
-def _plan(backbone_vars, layout):
-  """{file key: (collection, our path, expected file shape, dtype, kind)}."""
-  plan = {}
-  for collection in ('params', 'batch_stats'):
-    tree = flax.core.unfreeze(backbone_vars.get(collection, {}))
-    for path, leaf in traverse_util.flatten_dict(tree).items():
-      if (collection, path[-1]) not in _LEAVES:
-        raise ValueError(f'backbone_vars has {collection}/{"/".join(path)}, '
-                         'which no ResNet checkpoint has')
-      suffix, kind = _LEAVES[(collection, path[-1])]
-      shape = tuple(leaf.shape)
-      if kind == 'conv':  # ours HWIO, torch OIHW
-        shape = (shape[3], shape[2], shape[0], shape[1])
-      key = f'{_module_prefix(layout, path[:-1])}.{suffix}'
-      plan[key] = (collection, path, shape, leaf.dtype, kind)
-  return plan
-
-
-def _dropped(key: str) -> bool:
-  """ImageNet classifier and BN counters: present in the files, not wanted."""
-  return (key.startswith(('fc.', 'classifier.'))
-          or key.endswith('.num_batches_tracked'))
-
-
-def _file_depth(keys, layout):
-  """(blocks per stage, bottleneck?) of a checkpoint, from its key names."""
-  counts = [0, 0, 0, 0]
-  first_stage = 1 if layout == 'torchvision' else 2
-  for key in keys:
-    m = _BLOCK_RE[layout].match(key)
-    if m:
-      s = int(m.group(1)) - first_stage
-      # torchvision counts blocks from 0, in-place ABN from 1.
-      counts[s] = max(counts[s], int(m.group(2)) + (layout == 'torchvision'))
-  bottleneck = any('conv3.' in k for k in keys)
-  return tuple(counts), bottleneck
-
-
-def _describe_depth(depth):
-  counts, bottleneck = depth
-  name = _KNOWN_DEPTHS.get(depth)
-  kind = 'bottleneck' if bottleneck else 'basic'
-  desc = f'blocks per stage {counts}, {kind} blocks'
-  return f'a {name} ({desc})' if name else f'a ResNet with {desc}'
-
-
-def _natural(key):
-  """Sort key that puts layer3.9 before layer3.10."""
-  return [(0, int(t), '') if t.isdigit() else (1, 0, t)
-          for t in re.findall(r'\d+|\D+', key)]
-
-
-def _block_of(key, layout):
-  m = _BLOCK_RE[layout].match(key)
-  return m.group(0)[:-1] if m else None
-
-
-def _whole_blocks(keys, all_keys, layout):
-  """Blocks all of whose keys (in ``all_keys``) are among ``keys``."""
-  keys = set(keys)
-  by_block = {}
-  for k in all_keys:
-    block = _block_of(k, layout)
-    if block:
-      by_block.setdefault(block, set()).add(k)
-  return sorted((b for b, ks in by_block.items() if ks <= keys), key=_natural)
-
-
-def _check(state_dict, backbone_vars, *, arch, layout, source):
-  """The mapping plan; raises one ValueError that lists every problem."""
-  _check_arch(arch)
-  if layout is None:
-    layout = detect_layout(state_dict, source=source)
-  plan = _plan(backbone_vars, layout)
-  present = {k: v for k, v in state_dict.items() if not _dropped(k)}
-  missing = sorted(set(plan) - set(present), key=_natural)
-  surplus = sorted(set(present) - set(plan), key=_natural)
-  mismatched, bad_values = [], []
-  for key in sorted(set(plan) & set(present), key=_natural):
-    _, _, shape, _, kind = plan[key]
-    value = np.asarray(present[key])
-    if tuple(value.shape) != shape:
-      mismatched.append(f'{key}: file {tuple(value.shape)} vs model {shape}')
-    elif not np.issubdtype(value.dtype, np.floating):
-      bad_values.append(f'{key}: dtype {value.dtype} is not floating point')
-    elif not np.all(np.isfinite(value)):
-      bad_values.append(f'{key}: has non-finite values')
-    elif kind == 'bn_var' and np.any(value < 0):
-      bad_values.append(f'{key}: negative running variance')
-  if not (missing or surplus or mismatched or bad_values):
-    return plan, layout
-
-  lines = [f'{source} ({layout} layout) does not fit the '
-           f'{arch!r} backbone:']
-  file_depth = _file_depth(present, layout)
-  model_depth = _file_depth(plan, layout)
-  if file_depth != model_depth:
-    lines.append(f'  depth: the file is {_describe_depth(file_depth)}; the '
-                 f'model needs {_describe_depth(model_depth)}.')
-  whole_missing = _whole_blocks(missing, plan, layout)
-  whole_surplus = _whole_blocks(surplus, present, layout)
-  if whole_missing:
-    lines.append(f'  blocks missing from the file: {", ".join(whole_missing)}')
-  if whole_surplus:
-    lines.append('  blocks the model does not have: '
-                 f'{", ".join(whole_surplus)}')
-  if missing:
-    lines.append(f'  {len(missing)} missing keys (shape the model needs):')
-    lines += [f'    {k} {plan[k][2]}' for k in missing]
-  if surplus:
-    lines.append(f'  {len(surplus)} surplus keys (shape in the file):')
-    lines += [f'    {k} {tuple(np.shape(present[k]))}' for k in surplus]
-  if mismatched:
-    lines.append(f'  {len(mismatched)} shape mismatches:')
-    lines += [f'    {m}' for m in mismatched]
-  if bad_values:
-    lines.append(f'  {len(bad_values)} bad values:')
-    lines += [f'    {m}' for m in bad_values]
-  raise ValueError('\n'.join(lines))
-
-
-def _check_arch(arch):
-  if arch == 'resnet_small':
-    raise ValueError(
-        "model.backbone='resnet_small' cannot take pretrained weights: no "
-        'ImageNet checkpoint has its narrow 3x3-stem layout. Use resnet18/34/'
-        '50/101 or leave config.pretrained empty.')
-
-
-def import_backbone(state_dict: Mapping[str, np.ndarray], backbone_vars: dict,
-                    *, arch: str, layout: str | None = None,
-                    source: str = 'state dict') -> dict:
-  """Maps a ResNet state dict onto our backbone variables.
-
-  Args:
-    state_dict: flat ``{name: array}`` (``load_state_dict``'s output). The
-      ImageNet classifier (``fc.*``, ``classifier.*``) and
-      ``*.num_batches_tracked`` are dropped; every other key must be used.
-    backbone_vars: ``{'params': ..., 'batch_stats': ...}`` of our backbone
-      (the ``backbone`` subtrees of the model's variables). Only shapes and
-      dtypes are read, so ``jax.eval_shape`` output works.
-    arch: the model's backbone name, for messages ('resnet_small' is refused).
-    layout: 'torchvision' or 'iabn'; None detects it from the keys.
-    source: what to call the state dict in messages (e.g. its path).
-
-  Returns:
-    A new ``{'params': ..., 'batch_stats': ...}`` with the structure, shapes
-    and dtypes of ``backbone_vars``, as NumPy arrays.
-
-  Raises:
-    ValueError: unknown layout, or one error that lists every missing key,
-      surplus key, shape mismatch and bad value (with names and shapes, and
-      which blocks are missing or surplus when the depths differ).
-  """
-  plan, layout = _check(state_dict, backbone_vars, arch=arch, layout=layout,
-                        source=source)
-  flat = {'params': {}, 'batch_stats': {}}
-  for key, (collection, path, _, dtype, kind) in plan.items():
-    value = np.asarray(state_dict[key])
-    if kind == 'conv':
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    elif kind == 'bn_scale' and layout == 'iabn':
-      # In-place ABN multiplies by |weight| + eps (see module doc).
-      value = np.abs(value) + BN_EPS
-    flat[collection][path] = np.ascontiguousarray(value, dtype=dtype)
-  return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
-
-
-def check_activation(layout: str, activation: str, *, source: str) -> None:
-  """Refuses weights whose ImageNet nonlinearity differs from the model's."""
-  expected = LAYOUT_ACTIVATION[layout]
-  if activation == expected:
-    return
-  if layout == 'iabn':
-    raise ValueError(
-        f'{source} is an in-place-ABN checkpoint (mod1.*, mod2.block1.convs.*):'
-        ' those ResNets were trained with leaky ReLU (negative slope 0.01) '
-        'after every BatchNorm and residual add, so the model needs '
-        f'--config.model.activation=leaky_relu (it has {activation!r}).')
-  raise ValueError(
-      f'{source} is a torchvision-layout checkpoint, trained with ReLU, so the '
-      f'model needs --config.model.activation=relu (it has {activation!r}).')
 
 
 def _backbone_name(model_cfg):
   backbone = getattr(model_cfg, 'backbone', None)
-  _check_arch(backbone)
+  resnet_names.check_arch(backbone)
   return backbone
 
 
 def _prepare(path, model_cfg):
   """Loads ``path`` and checks it against the config's architecture."""
   backbone = _backbone_name(model_cfg)
-  state_dict = load_state_dict(path)
+  state_dict = weight_files.load_state_dict(path)
   source = repr(os.fspath(path))
-  layout = detect_layout(state_dict, source=source)
-  check_activation(layout, getattr(model_cfg, 'activation', 'relu'),
-                   source=source)
+  layout = resnet_names.detect_layout(state_dict, source=source)
+  resnet_names.check_activation(layout, getattr(model_cfg, 'activation', 'relu'), source=source)
   return state_dict, layout, backbone, source
 
 
@@ -498,7 +48,7 @@ def load_into(variables: dict, path: str, model_cfg) -> dict:
 
   Args:
     variables: full model variables (``init_variables`` output).
-    path: weights file (see ``load_state_dict``).
+    path: weights file (see ``weight_files.load_state_dict``).
     model_cfg: the ``config.model`` the variables were built from (reads
       ``backbone`` and ``activation``).
 
@@ -508,11 +58,11 @@ def load_into(variables: dict, path: str, model_cfg) -> dict:
     very object of ``variables``.
 
   Raises:
-    FileNotFoundError, ValueError: see ``load_state_dict``,
-      ``import_backbone`` and ``check_activation``.
+    FileNotFoundError, ValueError: see ``weight_files.load_state_dict``,
+      ``resnet_names.import_backbone`` and ``resnet_names.check_activation``.
   """
   state_dict, layout, backbone, source = _prepare(path, model_cfg)
-  new_backbone = import_backbone(
+  new_backbone = resnet_names.import_backbone(
       state_dict, _backbone_subtree(variables, 'variables'), arch=backbone,
       layout=layout, source=source)
   out = {c: dict(flax.core.unfreeze(tree)) for c, tree in variables.items()}
@@ -538,5 +88,5 @@ def validate(path: str, model_cfg) -> None:
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   abstract = jax.eval_shape(lambda r, x: model.init(r, x, train=False),
                             jax.random.key(0), x)
-  _check(state_dict, _backbone_subtree(abstract, 'the model'), arch=backbone,
-         layout=layout, source=source)
+  resnet_names.check_fit(state_dict, _backbone_subtree(abstract, 'the model'), arch=backbone,
+                         layout=layout, source=source)

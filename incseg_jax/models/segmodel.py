@@ -117,6 +117,13 @@ class SegModel(nn.Module):
     return out
 
 
+def check_config(model_cfg) -> None:
+  """Raises ValueError naming the `model.*` field that names no known architecture."""
+  get = lambda name, default: getattr(model_cfg, name, default)
+  # Old configs have no model.activation: they meant torchvision's ReLU.
+  _validate(get('backbone', None), get('decoder', None), get('output_stride', None), get('activation', 'relu'))
+
+
 def _validate(backbone, decoder, output_stride, activation='relu'):
   """Raises ValueError naming the offending field."""
   if backbone not in BACKBONES:

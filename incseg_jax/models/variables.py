@@ -118,3 +118,23 @@ def batchnorm_prefixes(variables):
   """
   stats = traverse_util.flatten_dict(flax.core.unfreeze(variables.get('batch_stats', {})), sep='/')
   return tuple(sorted({path.rsplit('/', 1)[0] for path in stats}))
+
+
+def abstract_variables(model, image_size):
+  """Shapes and dtypes of ``model``'s variables, without allocating them."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size))
+
+
+def path_str(path) -> str:
+  """'backbone/stage1/block0/conv1/kernel' for a tree_util key path."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def is_frozen(path: str, frozen) -> bool:
+  """Whether parameter path ``path`` lies under one of the ``frozen`` prefixes."""
+  return any(path == p or path.startswith(p.rstrip('/') + '/') for p in frozen)
+
+
+def frozen_mask(tree, frozen):
+  """A pytree of bools: True for leaves under one of the ``frozen`` prefixes."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: is_frozen(path_str(p), frozen), tree)

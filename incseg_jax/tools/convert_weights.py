@@ -4,7 +4,7 @@ Usage::
 
   python -m incseg_jax.tools.convert_weights IN OUT [--trust-pickle]
 
-IN is anything ``incseg_jax.models.pretrained.load_state_dict`` reads
+IN is anything ``incseg_jax.models.weight_files.load_state_dict`` reads
 (``.pth``/``.pth.tar``/``.pt`` need torch installed; ``.npz`` and
 ``.safetensors`` do not). OUT's extension picks the format: ``.npz`` or
 ``.safetensors``. A top-level ``state_dict``/``model`` entry is unwrapped and
@@ -24,14 +24,12 @@ MiB's ``resnet101_iabn_sync.pth.tar``).
 """
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
-from incseg_jax.models import pretrained
-
-OUTPUT_EXTENSIONS = ('.npz', '.safetensors')
+from incseg_jax.models import resnet_names
+from incseg_jax.models import weight_files
 
 
 def convert(in_path: str, out_path: str, *, trust_pickle: bool = False
@@ -39,7 +37,7 @@ def convert(in_path: str, out_path: str, *, trust_pickle: bool = False
   """Reads ``in_path`` and writes its state dict to ``out_path``.
 
   Args:
-    in_path: weights file (see ``pretrained.load_state_dict``).
+    in_path: weights file (see ``weight_files.load_state_dict``).
     out_path: ``.npz`` or ``.safetensors`` destination.
     trust_pickle: read torch files with full unpickling (trusted files only).
 
@@ -50,20 +48,9 @@ def convert(in_path: str, out_path: str, *, trust_pickle: bool = False
     FileNotFoundError, ValueError: unreadable input or unknown output
       extension (checked before reading the input).
   """
-  out_ext = os.path.splitext(out_path)[1].lower()
-  if out_ext not in OUTPUT_EXTENSIONS:
-    raise ValueError(f'{out_path!r}: output extension must be one of '
-                     f'{", ".join(OUTPUT_EXTENSIONS)}')
-  state_dict = pretrained.load_state_dict(in_path, trust_pickle=trust_pickle)
-  out_dir = os.path.dirname(os.path.abspath(out_path))
-  os.makedirs(out_dir, exist_ok=True)
-  if out_ext == '.npz':
-    with open(out_path, 'wb') as f:  # a file object: np.savez adds no suffix
-      np.savez(f, **state_dict)
-  else:
-    import safetensors.numpy  # pylint: disable=g-import-not-at-top
-    safetensors.numpy.save_file(
-        {k: np.ascontiguousarray(v) for k, v in state_dict.items()}, out_path)
+  weight_files.output_extension(out_path)  # before reading: a bad OUT fails fast
+  state_dict = weight_files.load_state_dict(in_path, trust_pickle=trust_pickle)
+  weight_files.save_state_dict(state_dict, out_path)
   return state_dict
 
 
@@ -86,7 +73,7 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   try:
-    layout = pretrained.detect_layout(state_dict)
+    layout = resnet_names.detect_layout(state_dict)
   except ValueError:
     layout = 'unrecognised'
   n = sum(int(np.size(v)) for v in state_dict.values())

@@ -1,0 +1,147 @@
+"""Which saved things belong to this experiment: the workdir's config, its checkpoints, `init_from`.
+
+A workdir holds one experiment: `check_workdir` saves the config beside the
+checkpoints or refuses a run of another experiment there. Each task step's
+checkpoints carry an identity (dataset, model, classes per head), checked
+before they serve as a resume point, a teacher, an evaluation or another
+run's base model (`init_from`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+
+from incseg_jax import checkpointing
+from incseg_jax import config_lib
+from incseg_jax import experiment as experiment_lib
+from incseg_jax import files
+
+CONFIG_FILE = "config.json"
+
+
+def check_workdir(config, workdir: str, allow_change: bool = False, verify: Callable[[], None] | None = None) -> None:
+  """Saves the config beside the checkpoints, or refuses a different experiment.
+
+  Args:
+    config: this run's config.
+    workdir: the run directory.
+    allow_change: accept a config that differs from the saved one (the
+      `--allow_config_change` flag): the saved config.json is kept as
+      config.<n>.json (first unused n) and this one is saved. The checkpoints
+      stay protected by their identity files (see `step_identity`).
+    verify: optional check run after the comparison and before anything is
+      written (`train.run` checks the checkpoints' identities there), so a
+      refused run changes nothing.
+
+  Raises:
+    ValueError: the workdir holds a run whose config differs in a field that
+      changes results (and `allow_change` is off); the message lists the
+      differing fields.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  archive = None
+  if os.path.exists(path):
+    with open(path) as f:
+      old_text = f.read()
+    saved = config_lib.experiment_fields(config_lib.from_json(old_text))
+    differences = config_lib.diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict())
+    if differences and not allow_change:
+      raise ValueError(f"workdir {workdir} holds a different experiment ({path}); differing fields "
+                       f"(saved vs now):\n  " + "\n  ".join(differences) +
+                       "\nUse a new --workdir, delete this one to start over, or pass --allow_config_change "
+                       "to continue it under the new config.")
+    if differences:
+      n = 1
+      while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+        n += 1
+      archive = os.path.join(workdir, f"config.{n}.json")
+      print(f"--allow_config_change: config changed (saved vs now):\n  " + "\n  ".join(differences) +
+            f"\nthe previous config is kept as {archive}", flush=True)
+  if verify is not None:
+    verify()
+  if jax.process_index() == 0:
+    if archive:
+      files.write_text_atomic(archive, old_text)
+    files.write_text_atomic(path, config_lib.to_json(config))
+
+
+def read_config(workdir: str, flag: str = "--workdir"):
+  """The config a run saved in `workdir`.
+
+  Raises:
+    ValueError: no run there.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"{flag}={workdir}: no {CONFIG_FILE} there, not a run directory of this tool")
+  with open(path) as f:
+    return config_lib.from_json(f.read())
+
+
+def step_identity(exp: experiment_lib.Experiment, task_index: int) -> dict[str, Any]:
+  """What makes task step `task_index`'s states usable as this run's teacher or resume point.
+
+  The model definition, the classes of every head so far (in learning order)
+  and the dataset: a state that differs in any of them is another
+  experiment's, whatever its shapes.
+  """
+  names = exp.meta.class_names
+  steps = exp.plan.steps[:task_index + 1]
+  return {"dataset": exp.config.dataset.name, "model": json.loads(exp.config.model.to_json_best_effort()),
+          "heads": task_index + 1, "classes_per_step": list(exp.plan.classes_per_step[:task_index + 1]),
+          "step_classes": [[names[c] for c in st.new_classes] for st in steps]}
+
+
+def check_step_identity(exp: experiment_lib.Experiment, workdir: str, task_index: int, what: str) -> bool:
+  """`checkpointing.check_identity` against `step_identity` (model fields added later count at their defaults)."""
+  return checkpointing.check_identity(workdir, task_index, step_identity(exp, task_index), what=what,
+                                      defaults={"model": config_lib.defaults_dict()["model"]})
+
+
+def check_checkpoints(exp: experiment_lib.Experiment, workdir: str) -> None:
+  """Every task step's saved states in `workdir` must be this experiment's."""
+  for k in range(exp.num_steps):
+    check_step_identity(exp, workdir, k, what="this run")
+
+
+def restore_step(exp: experiment_lib.Experiment, workdir: str, task_index: int, mesh) -> dict[str, Any]:
+  """Step `task_index`'s final variables from `workdir`, identity-checked, replicated, read-only."""
+  check_step_identity(exp, workdir, task_index,
+                      what=f"as task step {task_index}'s model of this run (teacher / evaluation)")
+  return checkpointing.restore_variables(workdir, task_index, exp.step(task_index).model,
+                                         exp.config.input.crop_size, mesh)
+
+
+def check_init_from(exp: experiment_lib.Experiment) -> str:
+  """Checks that `config.init_from` names a finished run with the same base model; returns its workdir.
+
+  Two step-0 models are interchangeable when data, architecture, input
+  normalisation and step-0 classes agree (seed, batch size and schedule only
+  shaped the other run's training).
+
+  Raises:
+    ValueError: not a workdir, another base model (the differences listed),
+      or its step 0 has not finished.
+  """
+  src = exp.config.init_from
+  other = read_config(src, flag="config.init_from")
+  mine = config_lib.experiment_fields(exp.config)
+  theirs = config_lib.experiment_fields(other)
+  pick = lambda d: {"dataset": d.get("dataset"), "model": d.get("model"),
+                    "input.mean": d.get("input", {}).get("mean"), "input.std": d.get("input", {}).get("std")}
+  differences = config_lib.diff(pick(theirs), pick(mine))
+  counts = exp.train_split.pixel_counts.sum(0) if exp.train_split.pixel_counts is not None else None
+  other_plan = experiment_lib.plan_only(other, exp.meta, counts)
+  if other_plan.steps[0].new_classes != exp.plan.steps[0].new_classes:
+    differences.append(f"step-0 classes: {other_plan.steps[0].new_classes} vs {exp.plan.steps[0].new_classes}")
+  if differences:
+    raise ValueError(f"config.init_from={src!r} is a different base model; differing (theirs vs ours):\n  "
+                     + "\n  ".join(differences))
+  if not checkpointing.is_done(src, 0):
+    raise ValueError(f"config.init_from={src!r}: its step 0 has not finished")
+  return src
