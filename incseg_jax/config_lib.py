@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from incseg_jax import methods
+
 # Fields that may differ between two invocations on the same workdir without
 # making it a different experiment (logging cadence, evaluation batch size).
 VOLATILE_FIELDS = ("log_every", "checkpoint_every", "eval_batch_size", "progress_every_secs")
@@ -96,8 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Method: chosen in the config argument; it fills `losses` with its terms.
   c.method = "ft"
   c.losses = ml_collections.ConfigDict()  # term name -> weight.
-  # term name -> {option: value}. Named reference-code bugs (REFERENCE_NOTES.md)
-  # are options of the term they change, off by default (docs/methods.md).
+  # term name -> {option: value}. Named reference-code bugs (docs/reference_code.md,
+  # "Reference bugs") are options of the term they change, off by default (docs/methods.md).
   c.loss_options = ml_collections.ConfigDict()
   # Parameter-path prefixes frozen at steps > 0 on top of the method's own
   # (e.g. ("backbone/stem",)); see incseg_jax/methods/ilt.py for EF / E2LF.
@@ -175,7 +177,7 @@ PROTOCOLS = {
         "schedule.inc_length": 1000, "schedule.base_lr": 1e-4, "schedule.inc_lr": 5e-5, "schedule.end_lr": 1e-6,
         "schedule.power": 0.9,
     },
-    # The second paper (sec. 4.2; MiB/PLOP/UCD code, REFERENCE_NOTES 8):
+    # The second paper (sec. 4.2; MiB/PLOP/UCD code, docs/reference_code.md §8):
     # DeepLab-v3 ResNet-101 at output stride 16 (ASPP 6/12/18, 256 channels),
     # trained BatchNorm, SGD Nesterov 0.9, weight decay 1e-4, poly lr per
     # iteration, 1e-2 at step 0 and 1e-3 after, batch 24, 30 epochs, random
@@ -240,45 +242,8 @@ def experiment_fields(c: ml_collections.ConfigDict) -> dict:
   return d
 
 
-def diff(a: dict, b: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
-  """Lists the dotted paths where two nested config dicts differ.
-
-  Args:
-    a: the saved config (as a dict).
-    b: the current config.
-    prefix: path prefix for the messages.
-    defaults: the default config as a dict; a field absent from `a` (saved by
-      an older version that did not have it) counts as equal when `b` holds
-      its default value.
-
-  Returns:
-    One "path: a vs b" line per difference.
-  """
-  out = []
-  defaults = defaults or {}
-  for key in sorted(set(a) | set(b)):
-    path = f"{prefix}{key}"
-    if key not in a and key in b and key in defaults and _strip(b[key], defaults[key]) is None:
-      continue
-    if key not in a or key not in b:
-      out.append(f"{path}: {a.get(key, '<absent>')!r} vs {b.get(key, '<absent>')!r}")
-    elif isinstance(a[key], dict) and isinstance(b[key], dict):
-      sub = defaults.get(key) if isinstance(defaults.get(key), dict) else {}
-      out.extend(diff(a[key], b[key], path + ".", sub))
-    elif a[key] != b[key]:
-      out.append(f"{path}: {a[key]!r} vs {b[key]!r}")
-  return out
-
-
-def _strip(value, default):
-  """None when `value` equals `default` (recursively for dicts), else `value`."""
-  if isinstance(value, dict) and isinstance(default, dict):
-    return None if all(k in default and _strip(v, default[k]) is None for k, v in value.items()) else value
-  return None if value == default else value
-
-
 def defaults_dict() -> dict:
-  """The default config as a plain dict (for `diff`)."""
+  """The default config as a plain dict (the `defaults` of `files.json_diff` for saved configs)."""
   return experiment_fields(base_config())
 
 
@@ -371,7 +336,6 @@ def dataset_config(arg: str | None, *, dataset: str, protocol: str, task: str, o
   Returns:
     The config; `runlocal` shrinks model and schedule but keeps the dataset.
   """
-  from incseg_jax import methods  # pylint: disable=g-import-not-at-top  (lazy: methods pulls in jax)
   arg = parse_arg(arg, task=task, method="ft", setting="overlapped", labeling="", order=order,
                   conventions="code", protocol=protocol, manual_dir="", data_dir="", runlocal=False)
   c = base_config()

@@ -4,8 +4,8 @@
 returns an int32 (C, C) matrix. `evaluate_step` sums the per-batch matrices of
 a whole split on the host in int64 (a validation set can exceed 2**31 pixels)
 and calls `segmentation_metrics` once on the sum: every score is a ratio of
-sums over the whole split, never a mean of per-image scores (REFERENCE_NOTES
-item 11).
+sums over the whole split, never a mean of per-image scores
+(docs/reference_code.md §11).
 
 Rows are ground truth, columns are predictions, indices are model channels
 (channel 0 = background); a step's `eval_lut` (incseg_jax/tasks) maps dataset
@@ -110,7 +110,7 @@ def segmentation_metrics(
   * `acc[c] = TP / GT` (per-class pixel accuracy, i.e. recall; the first paper's
    PA): None when `GT = 0`.
 
-  Means (REFERENCE_NOTES item 11) over classes *present in the ground truth*
+  Means (docs/reference_code.md §11) over classes *present in the ground truth*
   (`GT > 0`):
 
   * `miou`: every channel, background included.

@@ -49,7 +49,8 @@ def check_workdir(config, workdir: str, allow_change: bool = False, verify: Call
     with open(path) as f:
       old_text = f.read()
     saved = config_lib.experiment_fields(config_lib.from_json(old_text))
-    differences = config_lib.diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict())
+    differences = files.json_diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict(),
+                                  elementwise=False)
     if differences and not allow_change:
       raise ValueError(f"workdir {workdir} holds a different experiment ({path}); differing fields "
                        f"(saved vs now):\n  " + "\n  ".join(differences) +
@@ -134,7 +135,7 @@ def check_init_from(exp: experiment_lib.Experiment) -> str:
   theirs = config_lib.experiment_fields(other)
   pick = lambda d: {"dataset": d.get("dataset"), "model": d.get("model"),
                     "input.mean": d.get("input", {}).get("mean"), "input.std": d.get("input", {}).get("std")}
-  differences = config_lib.diff(pick(theirs), pick(mine))
+  differences = files.json_diff(pick(theirs), pick(mine), elementwise=False)
   counts = exp.train_split.pixel_counts.sum(0) if exp.train_split.pixel_counts is not None else None
   other_plan = experiment_lib.plan_only(other, exp.meta, counts)
   if other_plan.steps[0].new_classes != exp.plan.steps[0].new_classes:

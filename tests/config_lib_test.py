@@ -5,6 +5,7 @@ import json
 import pytest
 
 from incseg_jax import config_lib
+from incseg_jax import files
 from incseg_jax import methods
 from incseg_jax import validate
 
@@ -32,10 +33,10 @@ def test_shapes_config_methods(smoke_config):
 def test_config_json_roundtrip_and_diff(smoke_config):
   a = smoke_config("task=15-5")
   b = config_lib.from_json(config_lib.to_json(a))
-  assert config_lib.diff(config_lib.experiment_fields(a), config_lib.experiment_fields(b)) == []
+  assert files.json_diff(config_lib.experiment_fields(a), config_lib.experiment_fields(b), elementwise=False) == []
   b.task = "10-10"
   b.log_every = 999  # volatile: not a different experiment
-  assert config_lib.diff(config_lib.experiment_fields(a), config_lib.experiment_fields(b)) == [
+  assert files.json_diff(config_lib.experiment_fields(a), config_lib.experiment_fields(b), elementwise=False) == [
       "task: '15-5' vs '10-10'"]
 
 
@@ -114,9 +115,9 @@ def test_fields_added_by_a_newer_version_do_not_make_a_different_experiment(smok
   now = config_lib.experiment_fields(smoke_config("task=15-5"))
   saved = {k: v for k, v in now.items() if k != "freeze"}
   saved["dataset"] = {k: v for k, v in now["dataset"].items() if k != "skip_bad_records"}
-  assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == []
+  assert files.json_diff(saved, now, defaults=config_lib.defaults_dict(), elementwise=False) == []
   now["dataset"]["skip_bad_records"] = True  # a non-default value is a difference
-  assert config_lib.diff(saved, now, defaults=config_lib.defaults_dict()) == [
+  assert files.json_diff(saved, now, defaults=config_lib.defaults_dict(), elementwise=False) == [
       "dataset.skip_bad_records: '<absent>' vs True"]
 
 
@@ -146,8 +147,8 @@ def test_old_config_with_switches_off_is_the_same_experiment(smoke_config, metho
   now = smoke_config(f"method={method}")
   saved = config_lib.from_json(old_version_json(now))
   assert "quirks" not in saved
-  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
-                         defaults=config_lib.defaults_dict()) == []
+  assert files.json_diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict(), elementwise=False) == []
 
 
 def test_old_config_switch_on_moves_to_its_loss_option(smoke_config):
@@ -157,14 +158,14 @@ def test_old_config_switch_on_moves_to_its_loss_option(smoke_config):
   assert saved.loss_options.ucd.unshifted_negatives is True and saved.loss_options.ucd.bilinear_labels is False
   assert saved.loss_options.plop_ce.histogram_median is True
   # Resuming without the new options set is a different experiment, named by the new paths.
-  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
-                         defaults=config_lib.defaults_dict()) == [
+  assert files.json_diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict(), elementwise=False) == [
                              "loss_options.plop_ce.histogram_median: True vs False",
                              "loss_options.ucd.unshifted_negatives: True vs False"]
   now.loss_options.ucd.unshifted_negatives = True
   now.loss_options.plop_ce.histogram_median = True
-  assert config_lib.diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
-                         defaults=config_lib.defaults_dict()) == []
+  assert files.json_diff(config_lib.experiment_fields(saved), config_lib.experiment_fields(now),
+                         defaults=config_lib.defaults_dict(), elementwise=False) == []
 
 
 def test_old_config_switch_on_without_its_term_is_refused(smoke_config):

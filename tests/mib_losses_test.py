@@ -1,7 +1,7 @@
 """Tests for MiB's terms, the MiB code's LwF / LwF-MC, their presets and MiB's head init.
 
 The float64 NumPy references are written from the UCD paper's Eqs. 13-16 and
-REFERENCE_NOTES 1-6, independently of the implementation.
+docs/reference_code.md §1-6, independently of the implementation.
 """
 
 import dataclasses

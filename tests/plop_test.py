@@ -1,8 +1,8 @@
 """Tests for PLOP: Local POD (`pod`), `plop_ce` and the `plop` threshold hook.
 
 The float64 NumPy references are written from the equations (UCD paper
-Eqs. 18-19) and REFERENCE_NOTES 12-13, in the reference code's NCHW layout,
-independently of the implementation.
+Eqs. 18-19) and docs/reference_code.md §12-13, in the reference code's NCHW
+layout, independently of the implementation.
 """
 
 import math
@@ -69,7 +69,7 @@ def np_local_pod(x_bhwc, scales):
 
 def np_pod(student, teacher, n_old, n, n_new, scales=(1, 2, 4), logits_weight=0.05, layers=LAYERS,
            class_schedule=True, squared=False):
-  """Eq. 18 with the code's conventions (REFERENCE_NOTES 12), float64."""
+  """Eq. 18 with the code's conventions (reference_code.md §12), float64."""
 
   def maps(layer):
     if layer.startswith("stage"):
@@ -99,7 +99,7 @@ def np_softmax(z):
 
 
 def np_entropy(logits, n_seen):
-  """-mean_c p log p / ln C / ln n_seen (REFERENCE_NOTES 13), float64."""
+  """-mean_c p log p / ln C / ln n_seen (reference_code.md §13), float64."""
   p = np_softmax(logits)
   plogp = np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0)
   return -plogp.mean(-1) / np.log(p.shape[-1]) / np.log(n_seen)

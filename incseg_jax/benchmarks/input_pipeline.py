@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from incseg_jax import runtime
+from incseg_jax.data import pipeline
+from incseg_jax.data import registry
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/shapes.py", "Experiment config (dataset + input).")
 _CROP = flags.DEFINE_integer("crop_size", 0, "Crop side (0: the config's).")
@@ -32,7 +37,6 @@ _BATCHES = flags.DEFINE_integer("batches", 30, "Batches timed per thread count (
 
 def measure(split, indices, lut, input_cfg, *, threads: int, batches: int, ignore_label: int) -> float:
   """Images/s of `pipeline.train_batches` over `batches` batches after a warm-up."""
-  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   warmup = 3
   it = pipeline.train_batches(split, indices, lut, input_cfg, seed=0, task_index=0, start_step=0,
                               num_steps=warmup + batches, ignore_label=ignore_label, threads=threads or None)
@@ -47,10 +51,6 @@ def measure(split, indices, lut, input_cfg, *, threads: int, batches: int, ignor
 
 def main(argv):
   del argv
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from incseg_jax import runtime  # pylint: disable=g-import-not-at-top
-  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from incseg_jax.data import registry  # pylint: disable=g-import-not-at-top
   runtime.setup()
   cfg = _CONFIG.value
   if _CROP.value:

@@ -15,9 +15,9 @@ def masked_mean(per_pixel: jax.Array, valid: jax.Array, reduction: str) -> jax.A
     per_pixel: (B, H, W) loss, 0 at ignored pixels.
     valid: (B, H, W) bool, True where the pixel counts.
     reduction: "all_pixels" divides by B*H*W including ignored pixels (the
-      MiB/PLOP/UCD code's convention, REFERENCE_NOTES 1, which their published
-      loss weights were tuned under); "valid" divides by the number of valid
-      pixels (the textbook mean); "sum" does not divide.
+      MiB/PLOP/UCD code's convention, docs/reference_code.md §1, which their
+      published loss weights were tuned under); "valid" divides by the number
+      of valid pixels (the textbook mean); "sum" does not divide.
 
   Returns:
     A scalar.

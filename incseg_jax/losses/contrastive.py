@@ -49,8 +49,9 @@ contrast set), `old_features_at_new` (old-model features also at new-class
 pixels: the rows of Table 7 with old-model "new" ticked; the public code's
 unused `v1` branch).
 
-Reference-code switches (options of the term, off by default; REFERENCE_NOTES
-"Reference bugs"; each reproduces the public code's computation):
+Reference-code switches (options of the term, off by default;
+docs/reference_code.md, "Reference bugs"; each reproduces the public code's
+computation):
   * `bilinear_labels`: labels resized bilinearly, truncated and wrapped
     like a cast to int8, then values < 0 or > 20 set to 0. Boundaries between
     two classes get a third class id (e.g. 3|15 -> 9), void (255) wraps to -1

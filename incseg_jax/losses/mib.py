@@ -6,8 +6,8 @@ paper (sec. 3.6, Eqs. 12-17): `unbiased_ce` (Eqs. 13-14) and `unbiased_kd`
 runs for its tables: `lwf` (LwF) and `bce` + `lwf_mc_kd` (LwF-MC). Their presets
 and MiB's head initialisation live in `incseg_jax/methods/mib.py`.
 
-Conventions shared by every term (REFERENCE_NOTES 1-5), chosen because the
-published loss weights were tuned under them:
+Conventions shared by every term (docs/reference_code.md §1-5), chosen because
+the published loss weights were tuned under them:
   * All terms read `logits`, the outputs upsampled to the input resolution,
     as the code does (it upsamples before every loss).
   * Per-pixel losses are averaged over all B*H*W pixels; ignored pixels count
@@ -111,7 +111,7 @@ def unbiased_distillation(inputs: losses.LossInputs, class_reduction: str = "mea
 
 @losses.register("lwf", needs_teacher=True)
 def learning_without_forgetting(inputs: losses.LossInputs, class_reduction: str = "mean") -> jax.Array:
-  """LwF as in the MiB code (REFERENCE_NOTES 4): KD on the old channels only.
+  """LwF as in the MiB code (reference_code.md §4): KD on the old channels only.
 
   q = log_softmax of the student's first N_old logits (the new channels play
   no part), p = softmax of the teacher's (no temperature, unlike LwF's
@@ -135,7 +135,7 @@ def learning_without_forgetting(inputs: losses.LossInputs, class_reduction: str 
 
 @losses.register("bce")
 def binary_cross_entropy(inputs: losses.LossInputs, reduction: str = "all_pixels") -> jax.Array:
-  """LwF-MC's classification term (REFERENCE_NOTES 5): per-channel sigmoid BCE.
+  """LwF-MC's classification term (reference_code.md §5): per-channel sigmoid BCE.
 
   Targets are the one-hot labels over all N current channels; per pixel the
   BCE is summed over channels; ignored pixels contribute 0; the reference
@@ -158,7 +158,7 @@ def binary_cross_entropy(inputs: losses.LossInputs, reduction: str = "all_pixels
 
 @losses.register("lwf_mc_kd", needs_teacher=True)
 def lwf_mc_distillation(inputs: losses.LossInputs) -> jax.Array:
-  """LwF-MC's distillation term (REFERENCE_NOTES 5): sigmoid BCE against the old model.
+  """LwF-MC's distillation term (reference_code.md §5): sigmoid BCE against the old model.
 
   Per pixel, sum over the old channels c < N_old (background included) of
   BCE(sigmoid(z_c), sigmoid(z_old_c)); then the mean over every pixel.

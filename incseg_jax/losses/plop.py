@@ -4,7 +4,7 @@ This module owns the `plop_ce` term (UCD paper Eq. 19; PLOP, Douillard et al.,
 CVPR 2021) and the pieces the `plop` method's threshold hook shares with it
 (`normalized_entropy`, `background_mask`, `THRESHOLDS_KEY`).
 
-At steps > 0 (REFERENCE_NOTES 12-13, the public code's conventions):
+At steps > 0 (docs/reference_code.md §12-13, the public code's conventions):
   * The previous model's softmax p over its N_old channels at input
     resolution gives, per pixel, the argmax class and the normalised entropy
 
@@ -23,7 +23,7 @@ At steps > 0 (REFERENCE_NOTES 12-13, the public code's conventions):
   * The per-pixel CE of each image is multiplied by
     nu = (accepted background pixels) / (background pixels) of that image
     (Eq. 19's nu, the code's `classif_adaptive_factor`), then averaged over
-    all B*H*W pixels (REFERENCE_NOTES 1, `reduction`). The code divides 0 by
+    all B*H*W pixels (reference_code.md §1, `reduction`). The code divides 0 by
     0 for an image without background pixels (NaN); we use nu = 1 there, as
     nothing of that image was pseudo-labelled.
 At step 0 (no teacher) the term is plain CE, so the `plop` preset lists

@@ -9,7 +9,7 @@ where Phi_l is the Local POD embedding of layer l (below), n_seen the classes
 seen so far background included (`task.num_channels`), n_new the classes of
 this step, and the norm is taken per image and averaged over the batch.
 
-How the public PLOP code computes it (REFERENCE_NOTES 12), which we match:
+How the public PLOP code computes it (docs/reference_code.md §12), which we match:
   * Six maps, in `layers` order: the four ResNet stage outputs of the last
     block before its final ReLU (`stages_pre`), the ASPP output
     (`pre_logits`) and the output-stride logits (`logits_os`). On the logits

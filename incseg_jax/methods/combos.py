@@ -5,7 +5,7 @@ overlap: UCD alone carries the plain cross-entropy, which MiB replaces with
 its unbiased CE (and PLOP with its pseudo-labelled CE), and the parts follow
 different label conventions. Both follow the UCD code, which is built on the
 PLOP/MiB code bases: void stays ignored in training and not-yet-learned
-classes count as background in evaluation (REFERENCE_NOTES 10, 14).
+classes count as background in evaluation (docs/reference_code.md §10, §14).
 """
 
 from incseg_jax.methods import Method, get, register

@@ -2,7 +2,7 @@
 
 This module owns the three presets and MiB's classifier initialisation; the
 loss terms are in `incseg_jax/losses/mib.py`. Weights are the MiB code's,
-the same for every scenario (REFERENCE_NOTES 7):
+the same for every scenario (docs/reference_code.md §7):
   * lwf: ce + 100 * lwf.
   * lwf_mc: bce (in place of ce, from step 0 on) + 10 * lwf_mc_kd; the 10 is
     the code's `icarl_importance` (its extra factor n_old is inside the term,
@@ -10,8 +10,8 @@ the same for every scenario (REFERENCE_NOTES 7):
   * mib: unbiased_ce (in place of ce; plain CE at step 0) + 10 * unbiased_kd,
     new heads initialised by `mib_head_init`.
 All three run in MiB's code, so they share its label conventions
-(REFERENCE_NOTES 10): void is trained as background, and classes not yet
-learned are ignored in evaluation.
+(docs/reference_code.md §10): void is trained as background, and classes not
+yet learned are ignored in evaluation.
 
 `conventions=paper` switches `unbiased_kd` to Eq. 15 as written (sum over the
 old classes instead of the code's mean).
@@ -29,7 +29,7 @@ from incseg_jax.methods import Method, register
 
 def mib_head_init(teacher_variables: Mapping[str, Any], student_variables: Mapping[str, Any],
                   task_step: Any) -> dict[str, Any]:
-  """MiB's initialisation of step k's head (REFERENCE_NOTES 6).
+  """MiB's initialisation of step k's head (docs/reference_code.md §6).
 
   Every new channel gets the old background's weights, and the new channels
   and the background all get the bias b_0 - log(N_new + 1). The student's

@@ -8,10 +8,10 @@ terms are in `incseg_jax/losses/plop.py` (`plop_ce`) and
     + lambda_pod x pod with lambda_pod = 0.01 (Eq. 20; the per-layer weights
     inside `pod` are relative to it, see that module), MiB's background-based
     initialisation of the new heads (the code's `init_balanced`);
-  * labels (REFERENCE_NOTES 10): void stays ignored in training, classes not
-    yet learned count as background in evaluation.
+  * labels (docs/reference_code.md §10): void stays ignored in training,
+    classes not yet learned count as background in evaluation.
 
-Thresholds (REFERENCE_NOTES 13). Over one epoch of the step's training
+Thresholds (docs/reference_code.md §13). Over one epoch of the step's training
 batches, the previous model labels every background pixel with its argmax
 class and its normalised entropy (`losses.plop.normalized_entropy`); the
 threshold of class c is the median entropy of the pixels whose argmax is c,

@@ -17,10 +17,10 @@ overrides, e.g. `--config.loss_options.ucd.background_in_contrast=True` and
 `conventions=paper` uses Eq. 8 as printed (negatives only in the
 denominator); see `incseg_jax/losses/contrastive.py` for both forms.
 
-The public code's two bugs (REFERENCE_NOTES "Reference bugs") are options of
-the term too, off by default: `--config.loss_options.ucd.bilinear_labels=True`
-(its label resizing) and `--config.loss_options.ucd.unshifted_negatives=True`
-(its stability shift).
+The public code's two bugs (docs/reference_code.md, "Reference bugs") are
+options of the term too, off by default:
+`--config.loss_options.ucd.bilinear_labels=True` (its label resizing) and
+`--config.loss_options.ucd.unshifted_negatives=True` (its stability shift).
 """
 
 from incseg_jax.losses import contrastive  # noqa: F401  pylint: disable=unused-import  (registers "ucd")

@@ -1,9 +1,9 @@
 """Incremental classifier: one 1x1 conv head per task step.
 
-This module owns the growing part of the network. Step ``k``'s classifier is
-step ``k-1``'s plus one more head, so old heads keep their param paths
-(``head_0`` .. ``head_{k-1}``) and can be copied verbatim from the teacher
-(see ``incseg_jax.models.grow_variables``).
+This module owns the growing part of the network. Step `k`'s classifier is
+step `k-1`'s plus one more head, so old heads keep their param paths
+(`head_0` .. `head_{k-1}`) and can be copied verbatim from the teacher
+(see `incseg_jax.models.grow_variables`).
 """
 
 from typing import Any

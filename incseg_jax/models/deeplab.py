@@ -1,9 +1,9 @@
 """DeepLab decoders: v3 ASPP and v2 ASPP (mapped onto an incremental head).
 
 This module owns everything between the encoder output and the classifier's
-input ("pre-logits"). Both decoders return a dict with ``aspp_branches`` (the
+input ("pre-logits"). Both decoders return a dict with `aspp_branches` (the
 per-branch outputs before concat/sum, which the ILT paper's Eq. 7 distils) and
-``pre_logits``.
+`pre_logits`.
 """
 
 from typing import Any
@@ -17,19 +17,19 @@ from incseg_jax.models.resnet import KAIMING_NORMAL, activation_fn, batch_norm, 
 class ASPPv3(nn.Module):
   """DeepLab-v3 Atrous Spatial Pyramid Pooling.
 
-  Five branches of ``channels`` each, all with BN + ReLU (or leaky ReLU): a 1x1 conv, three
-  3x3 atrous convs (``rates``) and image pooling (global average pool, 1x1
+  Five branches of `channels` each, all with BN + ReLU (or leaky ReLU): a 1x1 conv, three
+  3x3 atrous convs (`rates`) and image pooling (global average pool, 1x1
   conv, BN, ReLU, broadcast back to the feature size). They are concatenated
-  and projected by a 1x1 conv + BN + ReLU to ``channels`` = the pre-logits.
+  and projected by a 1x1 conv + BN + ReLU to `channels` = the pre-logits.
 
-  Note: with ``train=True`` and batch size 1 the pooling branch's BN sees a
+  Note: with `train=True` and batch size 1 the pooling branch's BN sees a
   single value per channel (zero variance), as in PyTorch; use batch >= 2.
 
   Attributes:
     channels: width of every branch and of the projection.
     rates: dilation rates of the three atrous branches.
     dropout: dropout rate after the projection (uses the 'dropout' rng when
-      ``train`` and > 0); 0 disables it.
+      `train` and > 0); 0 disables it.
     bn_frozen: BatchNorm always uses running statistics when True.
     dtype: computation dtype.
     activation: the nonlinearity after every BN ('relu'; 'leaky_relu' as
@@ -93,11 +93,11 @@ class ASPPv2(nn.Module):
   The original v2 ASPP has four parallel 3x3 atrous convs (rates 6/12/18/24,
   with bias) that each output the class logits directly; the logits are
   summed. Because our classifier grows one 1x1 head per step, each branch
-  here instead outputs ``channels`` features (plain linear conv with bias,
+  here instead outputs `channels` features (plain linear conv with bias,
   no BN/ReLU) and the sum of the branches is the pre-logits. Since branches,
-  sum and 1x1 head are all linear, ``head(sum_i branch_i(x))`` is exactly a
-  v2 ASPP whose per-branch logit convs are factorised through ``channels``
-  (identical function class when ``channels >= num_classes``).
+  sum and 1x1 head are all linear, `head(sum_i branch_i(x))` is exactly a
+  v2 ASPP whose per-branch logit convs are factorised through `channels`
+  (identical function class when `channels >= num_classes`).
 
   Attributes:
     channels: output width of every branch (= pre-logits width).

@@ -1,10 +1,10 @@
 """ResNet encoders (ResNet-18/34/50/101 and a narrow CPU-sized ResNet).
 
 This module owns the backbone: the torchvision-layout ResNets used by the
-papers, a width-configurable ``resnet_small`` for CPU experiments, the
-output-stride/dilation logic and the ``bn_frozen`` BatchNorm behaviour.
+papers, a width-configurable `resnet_small` for CPU experiments, the
+output-stride/dilation logic and the `bn_frozen` BatchNorm behaviour.
 
-Param tree (stable names, later code freezes layers by them)::
+Param tree (stable names, later code freezes layers by them):
 
     stem/{conv,bn}
     stage{1..4}/block{i}/{conv1,bn1,conv2,bn2[,conv3,bn3]
@@ -16,7 +16,7 @@ dilation 2 and stage4 to stride 1 / dilation 4. Every block of a dilated stage
 uses the stage's dilation (the inplace-ABN/MiB convention; torchvision instead
 keeps the previous dilation in the first block of the stage).
 
-``activation`` is the nonlinearity after every BatchNorm that is not followed
+`activation` is the nonlinearity after every BatchNorm that is not followed
 by the residual add, and after the add: 'relu' (torchvision) or 'leaky_relu'
 (negative slope 0.01, what in-place-ABN's ImageNet ResNets, and hence
 MiB/PLOP/UCD, use in those same places).
@@ -49,7 +49,7 @@ ACTIVATIONS = {
 
 
 def activation_fn(name: str):
-  """The elementwise nonlinearity called ``name`` (see ``ACTIVATIONS``)."""
+  """The elementwise nonlinearity called `name` (see `ACTIVATIONS`)."""
   if name not in ACTIVATIONS:
     raise ValueError(f'model.activation={name!r} is unknown; expected one of '
                      f'{sorted(ACTIVATIONS)}')
@@ -57,7 +57,7 @@ def activation_fn(name: str):
 
 
 def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
-  """Bias-free conv with PyTorch-style symmetric padding ``dilation*(k-1)//2``.
+  """Bias-free conv with PyTorch-style symmetric padding `dilation*(k-1)//2`.
 
   Explicit padding (instead of 'SAME') keeps spatial sizes identical to the
   torchvision reference for odd input sizes, which matters when porting
@@ -73,8 +73,8 @@ def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
 def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
   """BatchNorm with PyTorch defaults (torch momentum 0.1 == flax 0.9).
 
-  With ``bn_frozen`` the running averages are always used, so batch_stats are
-  never written even when ``train=True`` (scale/bias freezing is the
+  With `bn_frozen` the running averages are always used, so batch_stats are
+  never written even when `train=True` (scale/bias freezing is the
   optimizer's job, not the module's).
   """
   return nn.BatchNorm(
@@ -95,7 +95,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(act(out), out)``; PLOP distils the pre-activation ``out``."""
+    """Returns `(act(out), out)`; PLOP distils the pre-activation `out`."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
     act = activation_fn(self.activation)
@@ -122,7 +122,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(act(out), out)``; PLOP distils the pre-activation ``out``."""
+    """Returns `(act(out), out)`; PLOP distils the pre-activation `out`."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
     act = activation_fn(self.activation)
@@ -153,7 +153,7 @@ _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 class Stem(nn.Module):
   """ImageNet stem (7x7/2 conv) or small stem (3x3/2 conv), then 3x3/2 maxpool.
 
-  The small stem keeps the maxpool so that ``resnet_small`` has the same
+  The small stem keeps the maxpool so that `resnet_small` has the same
   stage strides (4/8/16/32) as the big ResNets; the maxpool is nearly free.
   """
 
@@ -172,7 +172,7 @@ class Stem(nn.Module):
 
 
 class Stage(nn.Module):
-  """A sequence of blocks ``block0..`` ; only ``block0`` may stride."""
+  """A sequence of blocks `block0..` ; only `block0` may stride."""
 
   block: str
   num_blocks: int
@@ -185,7 +185,7 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    """Returns ``(output, pre_activation_output_of_last_block)``."""
+    """Returns `(output, pre_activation_output_of_last_block)`."""
     pre = None
     for i in range(self.num_blocks):
       x, pre = _BLOCKS[self.block](
@@ -225,11 +225,11 @@ class ResNet(nn.Module):
 
     Args:
       x: (B, H, W, C) float input.
-      train: selects batch statistics in BatchNorm (unless ``bn_frozen``).
+      train: selects batch statistics in BatchNorm (unless `bn_frozen`).
 
     Returns:
-      Dict with ``stages`` (4 post-activation stage outputs), ``stages_pre``
-      (the same before the last block's final activation) and ``encoder``
+      Dict with `stages` (4 post-activation stage outputs), `stages_pre`
+      (the same before the last block's final activation) and `encoder`
       (= stages[-1]).
     """
     if self.output_stride not in _STAGE_LAYOUT:
@@ -275,7 +275,7 @@ def resnet101(**kw):
 def resnet_small(width: int = 16, blocks: tuple[int, ...] = (1, 1, 1, 1), **kw):
   """Narrow CPU ResNet: basic blocks, 3x3/2 stem conv + 3x3/2 maxpool.
 
-  Stage strides are 4/8/16/32 like the big ResNets (see ``Stem``).
+  Stage strides are 4/8/16/32 like the big ResNets (see `Stem`).
   """
   return ResNet(block='basic', stage_sizes=tuple(blocks), width=width,
                 stem_kernel=3, **kw)

@@ -1,7 +1,7 @@
 """The full segmentation network (encoder + DeepLab decoder + incremental head).
 
-This module owns ``SegModel`` (wiring, default atrous rates, logits
-upsampling) and ``build_model`` (config -> model, with validation).
+This module owns `SegModel` (wiring, default atrous rates, logits
+upsampling) and `build_model` (config -> model, with validation).
 """
 
 from typing import Any
@@ -18,7 +18,7 @@ DECODERS = ('deeplab_v3', 'deeplab_v2')
 
 
 def default_atrous_rates(decoder: str, output_stride: int) -> tuple[int, ...]:
-  """Rates used when ``atrous_rates`` is None.
+  """Rates used when `atrous_rates` is None.
 
   v3: (6, 12, 18) at OS16, doubled at OS8 and halved at OS32 so the receptive
   field in input pixels stays the same. v2: (6, 12, 18, 24) regardless.
@@ -31,8 +31,8 @@ def default_atrous_rates(decoder: str, output_stride: int) -> tuple[int, ...]:
 class SegModel(nn.Module):
   """ResNet + DeepLab ASPP + incremental 1x1 classifier.
 
-  Submodules are named ``backbone``, ``decoder`` and ``classifier`` (heads
-  ``classifier/head_k``).
+  Submodules are named `backbone`, `decoder` and `classifier` (heads
+  `classifier/head_k`).
 
   Attributes:
     backbone: 'resnet18', 'resnet34', 'resnet50', 'resnet101' or
@@ -41,7 +41,7 @@ class SegModel(nn.Module):
     classes_per_step: classes added at each step (step 0 includes background).
     output_stride: 8, 16 or 32.
     aspp_channels: decoder width (= pre-logits channels).
-    atrous_rates: None for ``default_atrous_rates``.
+    atrous_rates: None for `default_atrous_rates`.
     small_width: base width of 'resnet_small'.
     small_blocks: blocks per stage of 'resnet_small'.
     bn_frozen: BatchNorm never uses batch statistics nor updates batch_stats.
@@ -71,16 +71,16 @@ class SegModel(nn.Module):
 
     Args:
       x: (B, H, W, 3) float32 NHWC images.
-      train: BatchNorm batch statistics (unless ``bn_frozen``) and dropout.
+      train: BatchNorm batch statistics (unless `bn_frozen`) and dropout.
       valid: optional (B, H, W) bool, True on each image's real pixels when
         images were padded to a common shape (evaluation at original
         resolution): DeepLab-v3's image pooling then averages over the real
         extent only, as it would on the unpadded image.
 
     Returns:
-      Dict with ``stages``, ``stages_pre``, ``encoder`` (backbone),
-      ``aspp_branches``, ``pre_logits`` (B, h, w, aspp_channels), ``logits_os``
-      (B, h, w, N) at the output stride and ``logits`` (B, H, W, N) bilinearly
+      Dict with `stages`, `stages_pre`, `encoder` (backbone),
+      `aspp_branches`, `pre_logits` (B, h, w, aspp_channels), `logits_os`
+      (B, h, w, N) at the output stride and `logits` (B, H, W, N) bilinearly
       upsampled to the input size, N = sum(classes_per_step).
     """
     _validate(self.backbone, self.decoder, self.output_stride, self.activation)
@@ -141,14 +141,14 @@ def _validate(backbone, decoder, output_stride, activation='relu'):
 
 
 def build_model(model_cfg, classes_per_step) -> SegModel:
-  """Builds a ``SegModel`` from a config.
+  """Builds a `SegModel` from a config.
 
   Args:
-    model_cfg: ConfigDict (or any attribute object) with ``backbone``,
-      ``decoder``, ``output_stride`` and optionally ``aspp_channels`` (256),
-      ``atrous_rates`` (None), ``small_width`` (16), ``small_blocks``
-      ((1, 1, 1, 1)), ``bn_frozen`` (False), ``aspp_dropout`` (0.0), ``dtype``
-      (float32), ``activation`` ('relu').
+    model_cfg: ConfigDict (or any attribute object) with `backbone`,
+      `decoder`, `output_stride` and optionally `aspp_channels` (256),
+      `atrous_rates` (None), `small_width` (16), `small_blocks`
+      ((1, 1, 1, 1)), `bn_frozen` (False), `aspp_dropout` (0.0), `dtype`
+      (float32), `activation` ('relu').
     classes_per_step: classes added at each step up to the current one.
 
   Returns:
@@ -156,7 +156,7 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
 
   Raises:
     ValueError: unknown backbone/decoder/activation, unsupported output stride
-      or bad ``classes_per_step``.
+      or bad `classes_per_step`.
   """
   get = lambda name, default: getattr(model_cfg, name, default)
   backbone, decoder = get('backbone', None), get('decoder', None)

@@ -2,7 +2,7 @@
 
 This module owns how a step-k model's variables are created from step k-1's:
 init the new model freshly, then copy every shared leaf from the old one, so
-only ``classifier/head_k`` keeps its fresh initialisation.
+only `classifier/head_k` keeps its fresh initialisation.
 """
 
 import flax
@@ -11,12 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from incseg_jax.models.classifier import IncrementalClassifier
+
 
 def init_variables(model, rng, image_size, batch: int = 1):
-  """Initialises ``model`` under ``jax.jit`` on a zero image batch.
+  """Initialises `model` under `jax.jit` on a zero image batch.
 
   Args:
-    model: a ``SegModel`` (anything whose ``__call__(x, train)`` takes NHWC).
+    model: a `SegModel` (anything whose `__call__(x, train)` takes NHWC).
     rng: a PRNG key.
     image_size: int (square) or (H, W).
     batch: batch size of the dummy input.
@@ -34,22 +36,22 @@ def init_variables(model, rng, image_size, batch: int = 1):
 
 
 def grow_variables(old_variables, new_variables):
-  """Copies every leaf of ``old_variables`` into ``new_variables``.
+  """Copies every leaf of `old_variables` into `new_variables`.
 
-  Leaves present in both (same path) are taken from ``old_variables``
-  unchanged (bit-identical, same object); leaves only in ``new_variables``
-  (e.g. ``params/classifier/head_k``) keep their fresh values.
+  Leaves present in both (same path) are taken from `old_variables`
+  unchanged (bit-identical, same object); leaves only in `new_variables`
+  (e.g. `params/classifier/head_k`) keep their fresh values.
 
   Args:
     old_variables: variables of the previous step's model (the teacher).
     new_variables: freshly initialised variables of the grown model.
 
   Returns:
-    A plain nested dict with the structure of ``new_variables``.
+    A plain nested dict with the structure of `new_variables`.
 
   Raises:
     ValueError: a shared path has a different shape or dtype, or
-      ``old_variables`` has paths the new model lacks (a different
+      `old_variables` has paths the new model lacks (a different
       architecture, not a growth).
   """
   old = traverse_util.flatten_dict(flax.core.unfreeze(old_variables), sep='/')
@@ -73,14 +75,14 @@ def grow_variables(old_variables, new_variables):
 def add_head(model, old_variables, rng, image_size):
   """Step k's variables from step k-1's: the old leaves plus one new head.
 
-  Only the new head ``classifier/head_k`` is initialised (with the
-  classifier's own initialisers), instead of a full ``init`` of the grown
+  Only the new head `classifier/head_k` is initialised (with the
+  classifier's own initialisers), instead of a full `init` of the grown
   model: a full init compiles the whole network once more per task step,
   which costs seconds on CPU and minutes for ResNet-101. The result is
-  checked against the grown model's variable shapes (``jax.eval_shape``).
+  checked against the grown model's variable shapes (`jax.eval_shape`).
 
   Args:
-    model: the grown ``SegModel`` (one more head than ``old_variables`` has).
+    model: the grown `SegModel` (one more head than `old_variables` has).
     old_variables: the previous step's variables (the teacher's).
     rng: PRNG key for the new head.
     image_size: int or (H, W), only used to trace shapes.
@@ -89,9 +91,8 @@ def add_head(model, old_variables, rng, image_size):
     A plain nested dict of host (NumPy) arrays, old leaves bit-identical.
 
   Raises:
-    ValueError: ``old_variables`` is not the previous step of ``model``.
+    ValueError: `old_variables` is not the previous step of `model`.
   """
-  from incseg_jax.models.classifier import IncrementalClassifier  # pylint: disable=g-import-not-at-top
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
   x = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
@@ -112,7 +113,7 @@ def add_head(model, old_variables, rng, image_size):
 def batchnorm_prefixes(variables):
   """Paths ('backbone/stem/bn', ...) of every BatchNorm module of a model.
 
-  Read from the ``batch_stats`` collection (every BatchNorm owns one entry
+  Read from the `batch_stats` collection (every BatchNorm owns one entry
   there, whatever its name), so freezing "all BatchNorm" does not depend on
   naming conventions.
   """
@@ -121,7 +122,7 @@ def batchnorm_prefixes(variables):
 
 
 def abstract_variables(model, image_size):
-  """Shapes and dtypes of ``model``'s variables, without allocating them."""
+  """Shapes and dtypes of `model`'s variables, without allocating them."""
   return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size))
 
 
@@ -131,10 +132,10 @@ def path_str(path) -> str:
 
 
 def is_frozen(path: str, frozen) -> bool:
-  """Whether parameter path ``path`` lies under one of the ``frozen`` prefixes."""
+  """Whether parameter path `path` lies under one of the `frozen` prefixes."""
   return any(path == p or path.startswith(p.rstrip('/') + '/') for p in frozen)
 
 
 def frozen_mask(tree, frozen):
-  """A pytree of bools: True for leaves under one of the ``frozen`` prefixes."""
+  """A pytree of bools: True for leaves under one of the `frozen` prefixes."""
   return jax.tree_util.tree_map_with_path(lambda p, _: is_frozen(path_str(p), frozen), tree)

@@ -1,9 +1,9 @@
-"""Weight files <-> flat ``{name: np.ndarray}`` state dicts, with no layout knowledge.
+"""Weight files <-> flat `{name: np.ndarray}` state dicts, with no layout knowledge.
 
-Reads ``.npz`` and ``.safetensors`` (no torch), or ``.pth``/``.pth.tar``/``.pt`` when torch happens to be installed
-(never a dependency; without it the error prints the conversion command ``TORCH_TO_NPZ_COMMAND``), and writes
-``.npz`` or ``.safetensors``. Checkpoint containers (``state_dict``/``model``) are unwrapped and the
-DataParallel ``module.`` prefix is stripped; what the names mean is ``resnet_names``' business.
+Reads `.npz` and `.safetensors` (no torch), or `.pth`/`.pth.tar`/`.pt` when torch happens to be installed
+(never a dependency; without it the error prints the conversion command `TORCH_TO_NPZ_COMMAND`), and writes
+`.npz` or `.safetensors`. Checkpoint containers (`state_dict`/`model`) are unwrapped and the
+DataParallel `module.` prefix is stripped; what the names mean is `resnet_names`' business.
 """
 
 import importlib.util
@@ -107,16 +107,16 @@ def _normalise(raw: Any, path: str) -> dict[str, np.ndarray]:
 
 def load_state_dict(path, *, trust_pickle: bool = False
                     ) -> dict[str, np.ndarray]:
-  """Reads a weights file into a flat ``{name: np.ndarray}`` dict.
+  """Reads a weights file into a flat `{name: np.ndarray}` dict.
 
-  A top-level ``state_dict``/``model`` entry is unwrapped and a leading
-  ``module.`` is stripped from every name. Names are otherwise kept (no
-  layout knowledge here; see ``resnet_names.import_backbone``).
+  A top-level `state_dict`/`model` entry is unwrapped and a leading
+  `module.` is stripped from every name. Names are otherwise kept (no
+  layout knowledge here; see `resnet_names.import_backbone`).
 
   Args:
-    path: ``.npz``, ``.safetensors``, or ``.pth``/``.pth.tar``/``.pt`` (these
+    path: `.npz`, `.safetensors`, or `.pth`/`.pth.tar`/`.pt` (these
       need torch installed).
-    trust_pickle: torch files are read with ``weights_only=True`` unless this
+    trust_pickle: torch files are read with `weights_only=True` unless this
       is set; set it only for a file you trust, whose checkpoint also holds
       other Python objects.
 
@@ -124,7 +124,7 @@ def load_state_dict(path, *, trust_pickle: bool = False
     Flat dict of NumPy arrays.
 
   Raises:
-    FileNotFoundError: ``path`` does not exist.
+    FileNotFoundError: `path` does not exist.
     ValueError: unknown extension (the accepted ones are listed), torch file
       without torch (the conversion command is shown), unreadable file, or a
       file that is not a state dict.
@@ -164,7 +164,7 @@ def load_state_dict(path, *, trust_pickle: bool = False
 
 
 def output_extension(path: str) -> str:
-  """The format ``save_state_dict`` writes ``path`` in: '.npz' or '.safetensors'.
+  """The format `save_state_dict` writes `path` in: '.npz' or '.safetensors'.
 
   Raises:
     ValueError: any other extension (the accepted ones are listed).
@@ -176,10 +176,10 @@ def output_extension(path: str) -> str:
 
 
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
-  """Writes a flat state dict to ``path`` (format from the extension), creating its directory.
+  """Writes a flat state dict to `path` (format from the extension), creating its directory.
 
   Raises:
-    ValueError: the extension is not in ``OUTPUT_EXTENSIONS``.
+    ValueError: the extension is not in `OUTPUT_EXTENSIONS`.
   """
   ext = output_extension(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

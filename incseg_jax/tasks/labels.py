@@ -2,7 +2,7 @@
 
 Every label rewrite is a 256-entry uint8 lookup table (LUT) applied to the raw label values, so the data pipeline
 only ever does `lut[label]`. `build_step_luts` is the one place these tables are made; `LabelPolicy` holds the
-conventions beyond the setting's rules that vary between papers and datasets (REFERENCE_NOTES item 10):
+conventions beyond the setting's rules that vary between papers and datasets (docs/reference_code.md §10):
 
 * `void_in_training`: the void/ignore label stays ignored in training ("ignore") or is trained as background
   ("background", the MiB code's convention).

@@ -1,6 +1,6 @@
 """Task plans: one `TaskStep` per incremental step, with its classes, image filter and label tables.
 
-Settings (see /work/shared/papers):
+Settings (as defined in Michieli & Zanuttigh, CVIU 2021, "the first paper", and Yang et al., UCD):
 
 * "overlapped" (MiB; UCD paper, section 3.1): an image enters step `k` when it holds at least one class of step
   `k`; it may also hold old and future classes, and may be used by several steps.
@@ -12,8 +12,8 @@ Settings (see /work/shared/papers):
   filter as disjoint, but old classes keep their labels (`labeling="keep"`, the paper's incremental learning) or
   become background (`labeling="background"`, its section 3.2 "incremental labeling").
 
-The filtering rules of the public MiB code are REFERENCE_NOTES item 9; the training and test label conventions are
-item 10.
+The filtering rules of the public MiB code are docs/reference_code.md §9; the training and test label conventions
+are §10.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ class TaskStep:
     """Whether a training image takes part in this step.
 
     Overlapped: the image holds at least one class of this step (old and future classes may also be present).
-    Disjoint and sequential: additionally every foreground class of the image is old or new (REFERENCE_NOTES item
-    9; the first paper's `D_k^tr`). Images with no foreground class are in no step.
+    Disjoint and sequential: additionally every foreground class of the image is old or new
+    (docs/reference_code.md §9; the first paper's `D_k^tr`). Images with no foreground class are in no step.
 
     Args:
       present: Class ids present in the image. Background 0, the ignore label and any value that is not a
@@ -232,7 +232,7 @@ def make_plan(
   Training images of step `k` (filter applied to the *training* split, see `TaskStep.keep_train_image`):
 
   * overlapped: the image holds at least one class of step `k`; old and future classes may be present too (MiB;
-    UCD paper section 3.1; REFERENCE_NOTES 9).
+    UCD paper section 3.1; docs/reference_code.md §9).
   * disjoint: at least one class of step `k` and every foreground class of the image is in old ∪ current (MiB;
     UCD section 4.1).
   * sequential: the first paper's protocol (ILT journal, section 3.1): the same filter as disjoint (at least one
@@ -245,7 +245,8 @@ def make_plan(
 
   Training labels of step `k` (`train_lut`):
 
-  * overlapped and disjoint: classes not in step `k` (old and future) become background 0 (REFERENCE_NOTES 10);
+  * overlapped and disjoint: classes not in step `k` (old and future) become background 0
+    (docs/reference_code.md §10);
   * sequential, `labeling="keep"` (the first paper's incremental learning): old and current classes keep their
     channel; future classes (absent after filtering) -> 0;
   * sequential, `labeling="background"` (its section 3.2 "incremental labeling"): old classes -> 0, as in

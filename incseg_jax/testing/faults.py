@@ -19,10 +19,14 @@ never imports this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
+from absl import app
+
 from incseg_jax import hooks
+from incseg_jax import runtime
 
 ENV = "INCSEG_FAULT"
 PHASES = ("train", "checkpoint", "eval", "between")
@@ -107,10 +111,8 @@ class KillAt(hooks.Hooks):
 
 def main() -> None:
   """`incseg_jax.main` with the kill point of `$INCSEG_FAULT` (none when unset)."""
-  import functools  # pylint: disable=g-import-not-at-top
-  from absl import app  # pylint: disable=g-import-not-at-top
+  # Imported here: importing incseg_jax.main defines the command's flags.
   from incseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from incseg_jax import runtime  # pylint: disable=g-import-not-at-top
   text = os.environ.get(ENV, "")
   run_hooks = KillAt(text) if text else hooks.NONE
   app.run(functools.partial(main_lib.main, run_hooks=run_hooks), flags_parser=runtime.parse_flags)

@@ -1,26 +1,26 @@
 """Converts a PyTorch ResNet checkpoint to .npz or .safetensors.
 
-Usage::
+Usage:
 
   python -m incseg_jax.tools.convert_weights IN OUT [--trust-pickle]
 
-IN is anything ``incseg_jax.models.weight_files.load_state_dict`` reads
-(``.pth``/``.pth.tar``/``.pt`` need torch installed; ``.npz`` and
-``.safetensors`` do not). OUT's extension picks the format: ``.npz`` or
-``.safetensors``. A top-level ``state_dict``/``model`` entry is unwrapped and
-a leading ``module.`` is stripped from every name; all other keys (including
+IN is anything `incseg_jax.models.weight_files.load_state_dict` reads
+(`.pth`/`.pth.tar`/`.pt` need torch installed; `.npz` and
+`.safetensors` do not). OUT's extension picks the format: `.npz` or
+`.safetensors`. A top-level `state_dict`/`model` entry is unwrapped and
+a leading `module.` is stripped from every name; all other keys (including
 the ImageNet classifier, which the importer drops later) are kept as they
-are. Torch files are read with ``weights_only=True``; ``--trust-pickle``
+are. Torch files are read with `weights_only=True`; `--trust-pickle`
 lifts that for a checkpoint you trust that also pickles other objects.
 
 Equivalent one-liner that needs only torch and numpy (not incseg_jax), e.g.
-on another machine::
+on another machine:
 
   python -c "import sys,torch,numpy as np;d=torch.load(sys.argv[1],map_location='cpu');d=d.get('state_dict',d.get('model',d));np.savez(sys.argv[2],**{(k[7:] if k.startswith('module.') else k):(v.float() if v.is_floating_point() else v).numpy() for k,v in d.items()})" IN.pth OUT.npz
 
-Then train with ``--config.pretrained=OUT.npz`` (and
-``--config.model.activation=leaky_relu`` for in-place-ABN files such as
-MiB's ``resnet101_iabn_sync.pth.tar``).
+Then train with `--config.pretrained=OUT.npz` (and
+`--config.model.activation=leaky_relu` for in-place-ABN files such as
+MiB's `resnet101_iabn_sync.pth.tar`).
 """
 
 import argparse
@@ -34,11 +34,11 @@ from incseg_jax.models import weight_files
 
 def convert(in_path: str, out_path: str, *, trust_pickle: bool = False
             ) -> dict[str, np.ndarray]:
-  """Reads ``in_path`` and writes its state dict to ``out_path``.
+  """Reads `in_path` and writes its state dict to `out_path`.
 
   Args:
-    in_path: weights file (see ``weight_files.load_state_dict``).
-    out_path: ``.npz`` or ``.safetensors`` destination.
+    in_path: weights file (see `weight_files.load_state_dict`).
+    out_path: `.npz` or `.safetensors` destination.
     trust_pickle: read torch files with full unpickling (trusted files only).
 
   Returns:
