@@ -25,16 +25,26 @@ from incseg_jax import workdir as workdir_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Task step to evaluate (default: the last finished one).")
 _JSON = flags.DEFINE_string("json", "", "Also write the metrics to this JSON file.")
+_SPLIT = flags.DEFINE_string("split", "", "Evaluation split (default: the run's config.dataset.eval_split), e.g. "
+                             "test for shapes' held-out split.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def evaluate(workdir: str, task_index: int | None = None) -> dict:
+def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> dict:
   """Restores task step `task_index` of the run in `workdir` and evaluates it.
 
+  Args:
+    workdir: a run's workdir.
+    task_index: the task step (None: the last finished one).
+    split: the evaluation split ("": the one the run evaluated on).
+
   Raises:
-    ValueError: no run there, or the step does not exist / has no checkpoint.
+    ValueError: no run there, the step does not exist / has no checkpoint, or
+      the dataset has no such split.
   """
   config = workdir_lib.read_config(workdir)
+  if split:
+    config.dataset.eval_split = split
   exp = experiment_lib.build(config)
   n = exp.num_steps
   if task_index is None:
@@ -65,7 +75,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO.
   runtime.setup()
   with runtime.clear_errors():
-    record = evaluate(_WORKDIR.value, _STEP.value)
+    record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(record, f, indent=1)

@@ -11,7 +11,7 @@ from incseg_jax.data import shapes
 def tiny(shapes_data_dir):
   builder = shapes.build(data_dir=shapes_data_dir, config="tiny")
   return {split: list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
-          for split in ("train", "val")}, builder
+          for split in ("train", "val", "test")}, builder
 
 
 def test_generation_is_deterministic_and_matches_the_build(tiny):
@@ -73,4 +73,12 @@ def test_metadata(tiny):
   assert len(shapes.CLASS_NAMES) == shapes.NUM_CLASSES == 21 and shapes.PALETTE.shape == (21, 3)
   assert builder.info.metadata["class_names"] == list(shapes.CLASS_NAMES)
   assert len(builder.info.metadata["palette"]) == 21
-  assert set(builder.info.splits) == {"train", "val"}
+  assert set(builder.info.splits) == {"train", "val", "test"}
+
+
+def test_test_split_is_held_out(tiny):
+  splits, builder = tiny
+  digest = lambda ex: ex["image"].tobytes()
+  seen = {digest(ex) for split in ("train", "val") for ex in splits[split]}
+  assert not any(digest(ex) in seen for ex in splits["test"])  # no image shared with train or val
+  assert sorted(ex["id"].decode() for ex in splits["test"]) == [f"test_{i:06d}" for i in range(64)]

@@ -42,6 +42,10 @@ def test_run_writes_results_and_evaluate_reproduces(smoke_config, tmp_path):
   assert record["metrics"] == res["steps"][0]["metrics"]
   record = evaluate.evaluate(workdir)  # default: last finished step
   assert record["metrics"] == res["steps"][1]["metrics"]
+  held_out = evaluate.evaluate(workdir, split="test")  # shapes' test split: other images, other numbers
+  assert held_out["task_step"] == 1 and held_out["metrics"]["miou"] != record["metrics"]["miou"]
+  with pytest.raises(ValueError, match="split 'nope' not in dataset shapes"):
+    evaluate.evaluate(workdir, split="nope")
 
 
 def test_head_growth_copies_old_params(smoke_config, tmp_path):

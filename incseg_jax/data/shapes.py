@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 NUM_CLASSES = 21  # background + 20 foreground classes, like VOC.
 IGNORE_LABEL = 255
 _BASE_SEED = 17492024
-_SPLIT_INDEX = {"train": 0, "val": 1}
+_SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 
 COLOURS: dict[str, tuple[int, int, int]] = {
   "red": (210, 40, 40),
@@ -277,7 +277,7 @@ def generate_example(split: str, index: int, image_size: int = 64) -> dict:
   the `tiny` config contains every class in every split.
 
   Args:
-    split: "train" or "val".
+    split: "train", "val" or "test".
     index: Example index within the split.
     image_size: Side length of the image.
 
@@ -304,25 +304,30 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
   Attributes:
     num_train: Number of training examples.
-    num_val: Number of validation examples.
+    num_val: Number of validation examples (calibration, model selection).
+    num_test: Number of held-out test examples (reported numbers only).
     image_size: Side length S of the square images.
   """
 
   num_train: int = 3000
   num_val: int = 600
+  num_test: int = 600
   image_size: int = 64
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
   """Procedural VOC-like shapes segmentation dataset (20 classes + bg)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Held-out test split; train and val unchanged.",
+  }
   BUILDER_CONFIGS = [
-    ShapesConfig(name="default", description="3000 train / 600 val, 64 px."),
+    ShapesConfig(name="default", description="3000 train / 600 val / 600 test, 64 px."),
     ShapesConfig(
-      name="tiny", description="160 train / 64 val, for tests.",
-      num_train=160, num_val=64,
+      name="tiny", description="160 train / 64 val / 64 test, for tests.",
+      num_train=160, num_val=64, num_test=64,
     ),
   ]  # fmt: skip
   DEFAULT_CONFIG_NAME = "default"
@@ -353,6 +358,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     return {
       "train": self._generate_examples("train", cfg.num_train),
       "val": self._generate_examples("val", cfg.num_val),
+      "test": self._generate_examples("test", cfg.num_test),
     }
 
   def _generate_examples(self, split: str, num: int):
