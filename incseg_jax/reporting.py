@@ -196,3 +196,115 @@ def comparison_csv(head: list[str], rows: list[list[str]]) -> str:
   w.writerow(head)
   w.writerows([[("" if v == "-" else v) for v in r] for r in rows])
   return out.getvalue()
+
+
+# Sweeps: one row per method, mean and spread over seeds of the final-step scores.
+
+SWEEP_SCORES = (("mIoU old", "miou_old"), ("mIoU new", "miou_new"), ("mIoU all", "miou"))
+
+
+def final_scores(res: dict[str, Any], base: Sequence[str] | None,
+                 added: Sequence[str] | None) -> dict[str, float | None]:
+  """mIoU over the `base` classes, the `added` ones and all classes at a run's final step.
+
+  As `comparison` scores a row: `base` are the step-0 classes of the
+  scenario (the "old" column), `added` the classes of the later steps; None
+  for a group not given or with no class present in the ground truth.
+  """
+  m = res["steps"][-1]["metrics"]
+  return {"miou_old": _mean_over(m, base) if base is not None else None,
+          "miou_new": _mean_over(m, added) if added is not None else None,
+          "miou": m["miou"]}
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  """(mean, sample standard deviation with ddof=1) of the values that are not None or NaN.
+
+  The standard deviation is None for fewer than two values (and the mean for none).
+  """
+  vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+  if not vals:
+    return None, None
+  mean = sum(vals) / len(vals)
+  if len(vals) < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def sweep_summary(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+  """One row per method over seeds: final-step mIoU old / new / all, mean and sample std.
+
+  Args:
+    runs: method -> seed -> that run's results (results.json) for the finished
+      runs; a method with no finished run still gets a row (n = 0). Rows keep
+      this order.
+
+  Returns:
+    {"dataset", "task", "setting", "labeling": of the first incremental run,
+     "base_classes", "added_classes": the classes of "old" and "new" (step 0 of
+     the first incremental run, and those added later: `comparison`'s
+     columns; None without an incremental run), "methods": [{"method", "n"
+     (seeds finished), "seeds", "per_seed": [{"seed", "miou_old", "miou_new",
+     "miou"}], "mean": {score: value}, "std": {score: value or None}}]}.
+    Scores are fractions (not %); a joint run is scored on the incremental
+    runs' class groups, as in `comparison`.
+
+  Raises:
+    ValueError: the incremental runs are not one scenario (dataset, task,
+      setting, labeling, class order).
+  """
+  all_runs = [res for per_seed in runs.values() for res in per_seed.values()]
+  incremental = [res for res in all_runs if res["task"] != "joint"]
+  shape = lambda r: (r["dataset"], r["task"], r["setting"], r.get("labeling"), tuple(r["class_order"]))
+  for res in incremental[1:]:
+    if shape(res) != shape(incremental[0]):
+      raise ValueError(f"sweep: runs of {shape(res)[:4]} and {shape(incremental[0])[:4]} (or different class "
+                       "orders): not one scenario")
+  ref = incremental[0] if incremental else (all_runs[0] if all_runs else {})
+  base = added = None
+  if incremental:
+    base = list(ref["steps"][0]["new_classes"])
+    added = [c for st in ref["steps"][1:] for c in st["new_classes"]]
+  rows = []
+  for method, per_seed in runs.items():
+    seeds = sorted(per_seed)
+    per = [{"seed": s, **final_scores(per_seed[s], base, added)} for s in seeds]
+    stats = {key: mean_std([p[key] for p in per]) for _, key in SWEEP_SCORES}
+    rows.append({"method": method, "n": len(seeds), "seeds": seeds, "per_seed": per,
+                 "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()}})
+  return {"dataset": ref.get("dataset"), "task": ref.get("task"), "setting": ref.get("setting"),
+          "labeling": ref.get("labeling"), "base_classes": base, "added_classes": added, "methods": rows}
+
+
+def _sweep_head(summary: dict[str, Any]) -> list[str]:
+  count = lambda classes: f" ({len(classes)})" if classes is not None else ""
+  return ["method", "n", f"mIoU old{count(summary['base_classes'])}", f"mIoU new{count(summary['added_classes'])}",
+          "mIoU all"]
+
+
+def sweep_markdown(summary: dict[str, Any]) -> str:
+  """Markdown of `sweep_summary`: a title line and one row per method, "mean ± std" in % ("-": none)."""
+  title = " ".join(str(summary[k]) for k in ("dataset", "task", "setting") if summary.get(k))
+  title += f" ({summary['labeling']})" if summary.get("labeling") else ""
+  head = _sweep_head(summary)
+  lines = [f"{title}: final-step mIoU (%), mean ± sample std over the n finished seeds".strip(), "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for row in summary["methods"]:
+    cells = [row["method"], str(row["n"])]
+    for _, key in SWEEP_SCORES:
+      mean, std = row["mean"][key], row["std"][key]
+      cells.append("-" if mean is None else f"{_pct(mean)} ± {_pct(std)}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def sweep_csv(summary: dict[str, Any]) -> str:
+  """CSV of `sweep_summary`: method, n, then mean and std of each score as fractions (empty: none)."""
+  out = io.StringIO()
+  w = csv.writer(out)
+  w.writerow(["method", "n"] + [f"{key}_{stat}" for _, key in SWEEP_SCORES for stat in ("mean", "std")])
+  fmt = lambda v: "" if v is None else f"{v:.6f}"
+  for row in summary["methods"]:
+    w.writerow([row["method"], row["n"]] + [fmt(row[stat][key]) for _, key in SWEEP_SCORES
+                                            for stat in ("mean", "std")])
+  return out.getvalue()

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # The first paper's methods on `shapes`, sequential setting ("incremental
-# learning": old classes keep their labels), scenarios 15-1 and 19-1. Every
-# method starts from the same step-0 model (the ft run's, via init_from);
-# joint is the upper bound. Writes docs/results_shapes_<scenario>.{md,csv}.
-#   bash launch/compare_ilt_shapes.sh [extra --config overrides]
-set -euo pipefail
+# learning": old classes keep their labels), scenarios 15-1 and 19-1, one
+# `python -m incseg_jax.sweep` per scenario (seeds $SEEDS, default 0;
+# $PARALLEL runs at once, default 1). Every method here trains step 0 as ft
+# does, so all start from the ft run's step-0 model of their seed; joint is
+# the upper bound. Each sweep writes its table (mean ± std over seeds) to
+# $WORKDIR/<scenario>/sweep.{md,csv,json}. As before, the per-class
+# comparison table of the first seed's runs (python -m incseg_jax.compare)
+# goes to docs/results_shapes_<scenario>.{md,csv}. A method that fails is
+# reported and left out; the script then exits 1.
+#   SEEDS=0,1,2 bash launch/compare_ilt_shapes.sh [extra --config overrides]
+set -uo pipefail
 source "$(dirname "$0")/_install.sh"
 out="${WORKDIR:-runs/ilt_shapes}"
-methods=(kd_cls kd_cls_t ef e2lf ef+kd_cls_t kd_enc kd_dec spkd spkd_avg ilt)
-cfg=configs/shapes.py
-python -m incseg_jax.main --config=$cfg:method=joint --workdir="$out/joint" "$@"
+seeds="${SEEDS:-0}"
+methods=(ft kd_cls kd_cls_t ef e2lf ef+kd_cls_t kd_enc kd_dec spkd spkd_avg ilt joint)
+status=0
 for task in 15-1 19-1; do
-  base="$out/$task/ft"
-  python -m incseg_jax.main --config=$cfg:task=$task,method=ft,setting=sequential --workdir="$base" "$@"
-  dirs=("$base")
+  dir="$out/$task"
+  python -m incseg_jax.sweep --config=configs/shapes.py:task=$task,setting=sequential \
+    --methods="$(IFS=,; echo "${methods[*]}")" --seeds="$seeds" --parallel="${PARALLEL:-1}" \
+    --workdir="$dir" "$@" || status=1
+  runs=()
   for m in "${methods[@]}"; do
-    python -m incseg_jax.main --config=$cfg:task=$task,method=$m,setting=sequential \
-      --workdir="$out/$task/$m" --config.init_from="$base" "$@"
-    dirs+=("$out/$task/$m")
+    [ -f "$dir/$m/seed_${seeds%%,*}/results.json" ] && runs+=("$dir/$m/seed_${seeds%%,*}")
   done
-  python -m incseg_jax.compare "${dirs[@]}" "$out/joint" \
-    --markdown="docs/results_shapes_$task.md" --csv="docs/results_shapes_$task.csv"
+  [ ${#runs[@]} -gt 0 ] && python -m incseg_jax.compare "${runs[@]}" \
+    --markdown="docs/results_shapes_$task.md" --csv="docs/results_shapes_$task.csv" || status=1
 done
+exit $status

@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
 # The second paper's methods and baselines on `shapes`: scenarios 15-5 and
-# 15-1, settings overlapped and disjoint. Per setting, every method starts from
-# the same step-0 model (the ft 15-5 run's, via init_from: 15-5 and 15-1 share
-# their step-0 classes); joint is the upper bound. A method that fails is
-# reported and skipped. Writes docs/results_shapes_<task>_<setting>.{md,csv}.
-#   bash launch/compare_ucd_shapes.sh [extra --config overrides]
+# 15-1, settings overlapped and disjoint, one `python -m incseg_jax.sweep` per
+# scenario and setting (seeds $SEEDS, default 0; $PARALLEL runs at once,
+# default 1). In each sweep the methods whose step 0 trains as ft's start from
+# the ft run's step-0 model of their seed (the sweep prints which; mib, lwf and
+# lwf_mc train void as background and so train their own step 0); joint is the
+# upper bound. Each sweep writes its table (mean ± std over seeds) to
+# $WORKDIR/<setting>/<task>/sweep.{md,csv,json}. As before, the per-class
+# comparison table of the first seed's runs (python -m incseg_jax.compare; M0
+# is that scenario's ft step 0) goes to docs/results_shapes_<task>_<setting>.{md,csv}.
+# A method that fails is reported and left out; the script then exits 1.
+#   SEEDS=0,1,2 bash launch/compare_ucd_shapes.sh [extra --config overrides]
 set -uo pipefail
 source "$(dirname "$0")/_install.sh"
 out="${WORKDIR:-runs/ucd_shapes}"
-methods=(lwf lwf_mc ilt mib plop ucd mib_ucd plop_ucd)
-cfg=configs/shapes.py
-# The same joint run as launch/compare_ilt_shapes.sh (a finished run is only re-read).
-joint="${JOINT_WORKDIR:-runs/ilt_shapes/joint}"
-python -m incseg_jax.main --config=$cfg:method=joint --workdir="$joint" "$@" || exit 1
+seeds="${SEEDS:-0}"
+methods=(ft lwf lwf_mc ilt mib plop ucd mib_ucd plop_ucd joint)
+status=0
 for setting in overlapped disjoint; do
-  base="$out/$setting/15-5/ft"
-  python -m incseg_jax.main --config=$cfg:task=15-5,method=ft,setting=$setting --workdir="$base" "$@" || exit 1
   for task in 15-5 15-1; do
-    dirs=()
-    for m in ft "${methods[@]}"; do
-      dir="$out/$setting/$task/$m"
-      [ "$dir" = "$base" ] || python -m incseg_jax.main --config=$cfg:task=$task,method=$m,setting=$setting \
-        --workdir="$dir" --config.init_from="$base" "$@" || { echo "FAILED: $m $task $setting"; continue; }
-      dirs+=("$dir")
+    dir="$out/$setting/$task"
+    python -m incseg_jax.sweep --config=configs/shapes.py:task=$task,setting=$setting \
+      --methods="$(IFS=,; echo "${methods[*]}")" --seeds="$seeds" --parallel="${PARALLEL:-1}" \
+      --workdir="$dir" "$@" || status=1
+    runs=()
+    for m in "${methods[@]}"; do
+      [ -f "$dir/$m/seed_${seeds%%,*}/results.json" ] && runs+=("$dir/$m/seed_${seeds%%,*}")
     done
-    python -m incseg_jax.compare "${dirs[@]}" "$joint" \
-      --markdown="docs/results_shapes_${task}_${setting}.md" --csv="docs/results_shapes_${task}_${setting}.csv"
+    [ ${#runs[@]} -gt 0 ] && python -m incseg_jax.compare "${runs[@]}" \
+      --markdown="docs/results_shapes_${task}_${setting}.md" --csv="docs/results_shapes_${task}_${setting}.csv" \
+      || status=1
   done
 done
+exit $status
