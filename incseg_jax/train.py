@@ -164,7 +164,7 @@ def init_student(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, 
   if teacher_vars is None:
     variables = models.init_variables(spec.model, key, cfg.input.crop_size)
     if load_pretrained and cfg.get("pretrained"):
-      variables = pretrained.load_into(variables, cfg.pretrained, cfg.model)
+      variables = pretrained.load_into(variables, cfg.pretrained, cfg.model, cfg.dataset.data_dir or None)
       logging.info("step 0: backbone initialised from %s", cfg.pretrained)
     return variables
   variables = models.add_head(spec.model, jax.device_get(teacher_vars), key, cfg.input.crop_size)

@@ -113,7 +113,7 @@ def _check_pretrained(cfg) -> None:
   """Checks `config.pretrained` fully (file, layout, names, shapes) before any data or training."""
   path = cfg.get("pretrained", "")
   if path:
-    pretrained.validate(path, cfg.model)
+    pretrained.validate(path, cfg.model, cfg.dataset.data_dir or None)
   elif cfg.dataset.name != "shapes" and cfg.model.backbone != "resnet_small":
     print(f"note: {cfg.model.backbone} starts from random weights; both papers start from ImageNet "
           "weights (--config.pretrained=/path/to/resnet.npz, see README)", flush=True)

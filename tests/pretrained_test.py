@@ -434,9 +434,15 @@ def test_activation_must_match_layout(tmp_path, r50_files):
     pretrained.validate(r50_files['npz'], model_cfg(activation='leaky_relu'))
 
 
-def test_resnet_small_refused(r50_files):
-  with pytest.raises(ValueError, match=r"resnet_small.*cannot take pretrained"):
+def test_resnet_small_takes_torchvision_files_that_fit(r50_files, tmp_path):
+  # resnet_small takes torchvision-layout files (python -m incseg_jax.pretrain writes them, see
+  # pretrain_test.py); an ImageNet ResNet-50 does not fit it, and the error says how.
+  with pytest.raises(ValueError, match=r"does not fit the 'resnet_small' backbone:\n  depth: the file is a ResNet-50"):
     pretrained.validate(r50_files['npz'], model_cfg(backbone='resnet_small'))
+  path = str(tmp_path / 'iabn.npz')
+  np.savez(path, **random_state_dict(1, iabn_name, stage_sizes=(1, 1, 1, 1)))
+  with pytest.raises(ValueError, match=r"resnet_small' takes only torchvision-layout weights"):
+    pretrained.validate(path, model_cfg(backbone='resnet_small', activation='leaky_relu'))
 
 
 @pytest.mark.skipif(HAS_TORCH, reason='torch is installed')

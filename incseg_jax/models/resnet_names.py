@@ -2,44 +2,48 @@
 
 Two checkpoint layouts are recognised:
 
-* torchvision: ``conv1``, ``bn1``, ``layer{s}.{i}.{conv,bn}{k}``,
-  ``layer{s}.{i}.downsample.{0,1}`` (and the ImageNet head ``fc``).
-* in-place-ABN (``resnet101_iabn_sync.pth.tar``, the weights MiB/PLOP/UCD
-  start from; mapillary/inplace_abn ``scripts/models/resnet.py`` with
-  ``modules/residual.py:ResidualBlock``, copied verbatim by MiB and PLOP):
-  ``mod1.{conv1,bn1}``, ``mod{s+1}.block{i+1}.convs.{conv,bn}{k}``,
-  ``mod{s+1}.block{i+1}.proj_{conv,bn}`` (and the head ``classifier.fc``),
-  usually nested under ``state_dict`` with a ``module.`` prefix.
+* torchvision: `conv1`, `bn1`, `layer{s}.{i}.{conv,bn}{k}`,
+  `layer{s}.{i}.downsample.{0,1}` (and the ImageNet head `fc`).
+* in-place-ABN (`resnet101_iabn_sync.pth.tar`, the weights MiB/PLOP/UCD
+  start from; mapillary/inplace_abn `scripts/models/resnet.py` with
+  `modules/residual.py:ResidualBlock`, copied verbatim by MiB and PLOP):
+  `mod1.{conv1,bn1}`, `mod{s+1}.block{i+1}.convs.{conv,bn}{k}`,
+  `mod{s+1}.block{i+1}.proj_{conv,bn}` (and the head `classifier.fc`),
+  usually nested under `state_dict` with a `module.` prefix.
 
 Both are post-activation ResNets with the stride on the 3x3 conv and a strided
-1x1 projection, exactly our ``Bottleneck``/``BasicBlock``, so every tensor has
+1x1 projection, exactly our `Bottleneck`/`BasicBlock`, so every tensor has
 exactly one destination: stem/{conv,bn},
 stage{s}/block{i-1}/{conv,bn}{k}, .../downsample_{conv,bn}. Convs go from
-OIHW to HWIO; BatchNorm ``weight/bias`` go to ``params`` ``scale/bias`` and
-``running_mean/running_var`` to ``batch_stats`` ``mean/var``.
+OIHW to HWIO; BatchNorm `weight/bias` go to `params` `scale/bias` and
+`running_mean/running_var` to `batch_stats` `mean/var`.
 
 Two in-place-ABN details change the numbers and are reproduced here:
 
 * Every nonlinearity is leaky ReLU with slope 0.01 (bn1/bn2 of each block,
   the stem BN, and the activation after the residual add; bn3 and proj_bn are
   'identity' because the add follows them). Our ResNet does the same with
-  ``model.activation='leaky_relu'``, so importing an in-place-ABN file with
+  `model.activation='leaky_relu'`, so importing an in-place-ABN file with
   any other activation is an error.
-* In-place ABN scales by ``|weight| + eps`` instead of ``weight`` (that keeps
-  the affine map invertible; ``inplace_abn.functions.inplace_abn`` documents
-  ``x <- act(x_hat) * (|weight| + eps) + bias`` and every CPU/CUDA kernel
-  since v0.1 computes it), so the imported ``scale`` is ``|weight| + 1e-5``.
+* In-place ABN scales by `|weight| + eps` instead of `weight` (that keeps
+  the affine map invertible; `inplace_abn.functions.inplace_abn` documents
+  `x <- act(x_hat) * (|weight| + eps) + bias` and every CPU/CUDA kernel
+  since v0.1 computes it), so the imported `scale` is `|weight| + 1e-5`.
   Eval-mode outputs then match exactly; under fine-tuning SGD on our
-  ``scale`` equals SGD on in-place-ABN's ``weight`` as long as the sign of
-  ``weight`` does not flip.
+  `scale` equals SGD on in-place-ABN's `weight` as long as the sign of
+  `weight` does not flip.
 
-Dilation: both in-place-ABN (``ResNet._stride_dilation``) and our ResNet give
+Dilation: both in-place-ABN (`ResNet._stride_dilation`) and our ResNet give
 every block of a dilated stage the stage's dilation; torchvision's
-``replace_stride_with_dilation`` keeps the previous dilation in the first
+`replace_stride_with_dilation` keeps the previous dilation in the first
 block of the stage, so torchvision weights at OS8/OS16 run under the
 in-place-ABN/DeepLab convention, which is what MiB-style code does anyway.
 
-Reading and writing the files themselves is ``weight_files``' job; ``pretrained`` joins the two for a model config.
+`resnet_small` (no ImageNet checkpoint exists) takes torchvision-layout files
+only: `python -m incseg_jax.pretrain` writes them with `export_backbone`, the
+exact inverse of `import_backbone` for that layout.
+
+Reading and writing the files themselves is `weight_files`' job; `pretrained` joins the two for a model config.
 """
 
 import re
@@ -186,7 +190,7 @@ def _block_of(key, layout):
 
 
 def _whole_blocks(keys, all_keys, layout):
-  """Blocks all of whose keys (in ``all_keys``) are among ``keys``."""
+  """Blocks all of whose keys (in `all_keys`) are among `keys`."""
   keys = set(keys)
   by_block = {}
   for k in all_keys:
@@ -197,25 +201,26 @@ def _whole_blocks(keys, all_keys, layout):
 
 
 def check_fit(state_dict, backbone_vars, *, arch, layout, source):
-  """Checks every key, shape and value of ``state_dict`` against ``backbone_vars``.
+  """Checks every key, shape and value of `state_dict` against `backbone_vars`.
 
   Args:
-    state_dict: flat ``{name: array}``, as for ``import_backbone``.
-    backbone_vars: our backbone's variables or their ``jax.eval_shape``.
-    arch: the model's backbone name ('resnet_small' is refused).
+    state_dict: flat `{name: array}`, as for `import_backbone`.
+    backbone_vars: our backbone's variables or their `jax.eval_shape`.
+    arch: the model's backbone name ('resnet_small' takes the torchvision
+      layout only, see `check_arch`).
     layout: 'torchvision' or 'iabn'; None detects it from the keys.
     source: what to call the state dict in messages.
 
   Returns:
-    (plan, layout): ``{file key: (collection, our path, file shape, dtype,
-    kind)}`` and the layout used (detected when ``layout`` is None).
+    (plan, layout): `{file key: (collection, our path, file shape, dtype,
+    kind)}` and the layout used (detected when `layout` is None).
 
   Raises:
-    ValueError: one error that lists every problem (see ``import_backbone``).
+    ValueError: one error that lists every problem (see `import_backbone`).
   """
-  check_arch(arch)
   if layout is None:
     layout = detect_layout(state_dict, source=source)
+  check_arch(arch, layout, source=source)
   plan = _plan(backbone_vars, layout)
   present = {k: v for k, v in state_dict.items() if not _dropped(k)}
   missing = sorted(set(plan) - set(present), key=_natural)
@@ -264,13 +269,21 @@ def check_fit(state_dict, backbone_vars, *, arch, layout, source):
   raise ValueError('\n'.join(lines))
 
 
-def check_arch(arch):
-  """Refuses backbones no ImageNet checkpoint fits ('resnet_small')."""
-  if arch == 'resnet_small':
+def check_arch(arch, layout=None, *, source='the weights file'):
+  """Refuses a layout the backbone cannot take.
+
+  'resnet_small' has no ImageNet checkpoint; it takes torchvision-layout files
+  (its BasicBlock names are torchvision's), which is what
+  `python -m incseg_jax.pretrain` writes. Whether such a file fits its width
+  and depth is `check_fit`'s shape check. `layout=None` (not known yet) passes.
+  """
+  if arch == 'resnet_small' and layout not in (None, 'torchvision'):
     raise ValueError(
-        "model.backbone='resnet_small' cannot take pretrained weights: no "
-        'ImageNet checkpoint has its narrow 3x3-stem layout. Use resnet18/34/'
-        '50/101 or leave config.pretrained empty.')
+        f"model.backbone='resnet_small' takes only torchvision-layout weights "
+        f'(conv1.weight, layer1.0.conv1.weight, ...: what python -m '
+        f'incseg_jax.pretrain writes), but {source} has the {layout} layout; '
+        'use a resnet18/34/50/101 backbone for it or leave config.pretrained '
+        'empty.')
 
 
 def import_backbone(state_dict: Mapping[str, np.ndarray], backbone_vars: dict,
@@ -279,18 +292,19 @@ def import_backbone(state_dict: Mapping[str, np.ndarray], backbone_vars: dict,
   """Maps a ResNet state dict onto our backbone variables.
 
   Args:
-    state_dict: flat ``{name: array}`` (``weight_files.load_state_dict``'s output). The ImageNet classifier
-      (``fc.*``, ``classifier.*``) and ``*.num_batches_tracked`` are dropped; every other key must be used.
-    backbone_vars: ``{'params': ..., 'batch_stats': ...}`` of our backbone
-      (the ``backbone`` subtrees of the model's variables). Only shapes and
-      dtypes are read, so ``jax.eval_shape`` output works.
-    arch: the model's backbone name, for messages ('resnet_small' is refused).
+    state_dict: flat `{name: array}` (`weight_files.load_state_dict`'s output). The ImageNet classifier
+      (`fc.*`, `classifier.*`) and `*.num_batches_tracked` are dropped; every other key must be used.
+    backbone_vars: `{'params': ..., 'batch_stats': ...}` of our backbone
+      (the `backbone` subtrees of the model's variables). Only shapes and
+      dtypes are read, so `jax.eval_shape` output works.
+    arch: the model's backbone name, for messages ('resnet_small' takes the
+      torchvision layout only, see `check_arch`).
     layout: 'torchvision' or 'iabn'; None detects it from the keys.
     source: what to call the state dict in messages (e.g. its path).
 
   Returns:
-    A new ``{'params': ..., 'batch_stats': ...}`` with the structure, shapes
-    and dtypes of ``backbone_vars``, as NumPy arrays.
+    A new `{'params': ..., 'batch_stats': ...}` with the structure, shapes
+    and dtypes of `backbone_vars`, as NumPy arrays.
 
   Raises:
     ValueError: unknown layout, or one error that lists every missing key,
@@ -309,6 +323,45 @@ def import_backbone(state_dict: Mapping[str, np.ndarray], backbone_vars: dict,
       value = np.abs(value) + BN_EPS
     flat[collection][path] = np.ascontiguousarray(value, dtype=dtype)
   return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
+
+
+def export_backbone(backbone_vars: dict, *, layout: str = 'torchvision'
+                    ) -> dict[str, np.ndarray]:
+  """Our backbone variables -> a flat torchvision state dict (the inverse of `import_backbone`).
+
+  Every tensor goes to the one key `import_backbone` reads it from, convs
+  from HWIO back to OIHW, BatchNorm `scale/bias` to `weight/bias` and
+  `mean/var` to `running_mean/running_var`; values and dtypes are unchanged,
+  so importing the result gives back bit-identical variables. No `fc.*` and
+  no `num_batches_tracked` (the importer drops both anyway).
+
+  Args:
+    backbone_vars: `{'params': ..., 'batch_stats': ...}` of our backbone
+      (the `backbone` subtrees of a model's variables), as arrays.
+    layout: 'torchvision' only: in-place ABN keeps `|weight| + eps` as our
+      scale, which loses the sign of `weight`, so no file of that layout
+      could be written that imports back exactly.
+
+  Returns:
+    `{key: np.ndarray}` in natural key order (conv1, bn1, layer1.0..., ...).
+
+  Raises:
+    ValueError: another layout, or a variable no ResNet checkpoint has.
+  """
+  if layout != 'torchvision':
+    raise ValueError(f'export_backbone writes the torchvision layout only, '
+                     f'not {layout!r} (see its docstring)')
+  flat = {c: traverse_util.flatten_dict(
+              flax.core.unfreeze(backbone_vars.get(c, {})))
+          for c in ('params', 'batch_stats')}
+  out = {}
+  for key, (collection, path, _, _, kind) in sorted(
+      _plan(backbone_vars, layout).items(), key=lambda kv: _natural(kv[0])):
+    value = np.asarray(flat[collection][path])
+    if kind == 'conv':
+      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    out[key] = np.ascontiguousarray(value)
+  return out
 
 
 def check_activation(layout: str, activation: str, *, source: str) -> None:
