@@ -1,5 +1,6 @@
 """Tests for config parsing, the shapes config and method presets."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from incseg_jax import config_lib
 from incseg_jax import files
 from incseg_jax import methods
 from incseg_jax import validate
+from incseg_jax.models import pretrained
 
 
 def test_parse_arg_types_and_bare_flags():
@@ -181,3 +183,17 @@ def test_oldest_config_with_empty_quirks():
   d = json.loads(config_lib.to_json(config_lib.base_config()))
   d["quirks"] = {}
   assert config_lib.from_json(json.dumps(d)).to_dict() == config_lib.base_config().to_dict()
+
+
+def test_shapes_protocol_is_the_papers_shape(smoke_config):
+  """Epochs per step, the papers' 10:1 lr ratio, the built-in pretrained backbone; runlocal and the papers'
+  ResNet-101 protocols leave the backbone out."""
+  spec = importlib.util.spec_from_file_location("shapes_config", "configs/shapes.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("task=15-5")
+  assert (c.schedule.unit, c.schedule.base_length, c.schedule.inc_length) == ("epochs", 8, 8)
+  assert c.schedule.base_lr == 10 * c.schedule.inc_lr
+  assert c.pretrained == pretrained.BUILTIN and c.model.backbone == "resnet_small"
+  assert module.get_config("task=15-5,protocol=ucd").pretrained == ""
+  assert smoke_config("task=15-5").pretrained == ""
