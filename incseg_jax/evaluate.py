@@ -12,7 +12,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from incseg_jax import checkpointing
 from incseg_jax import evaluation
@@ -69,11 +68,7 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> di
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO.
-  runtime.setup()
+  runtime.setup_command(argv)
   with runtime.clear_errors():
     record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value)
   if _JSON.value:

@@ -9,7 +9,6 @@ saved under another config is refused unless --allow_config_change is given.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from incseg_jax import hooks
@@ -24,11 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv, run_hooks: hooks.Hooks = hooks.NONE):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
-  runtime.setup()
+  runtime.setup_command(argv)
   # Imported here so that a bad flag is reported before TensorFlow and orbax load.
   from incseg_jax import train  # pylint: disable=g-import-not-at-top
   with runtime.clear_errors():

@@ -163,13 +163,7 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   if not incremental:
     raise ValueError("compare: give at least one incremental (non-joint) run")
   ref = incremental[0]
-  shape = lambda r: (r["dataset"], r["task"], r["setting"], r.get("labeling"), tuple(r["class_order"]))
-  for r in incremental[1:]:
-    if shape(r) != shape(ref):
-      raise ValueError(f"compare: run {r.get('workdir')} is {shape(r)[:4]}, but {ref.get('workdir')} is "
-                       f"{shape(ref)[:4]} (or a different class order): not one scenario")
-  base = ref["steps"][0]["new_classes"]
-  added = [c for st in ref["steps"][1:] for c in st["new_classes"]]
+  base, added = class_groups(incremental, "compare")
   classes = ref["channel_names"] if per_class else []
   head = ["method"] + list(classes) + [f"mIoU old ({len(base)})", f"mIoU new ({len(added)})", "mIoU", "mPA", "mCA"]
 
@@ -183,6 +177,22 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   rows.append(row("M0 (step 0)", ref["steps"][0]["metrics"]))
   rows += [row("joint", r["steps"][-1]["metrics"]) for r in runs if r["task"] == "joint"]
   return head, rows
+
+
+def class_groups(incremental: Sequence[dict[str, Any]], what: str) -> tuple[list[str], list[str]]:
+  """The "old" (step-0) and "new" (added later) class names of incremental runs of one scenario.
+
+  Raises:
+    ValueError: the runs are not one scenario (dataset, task, setting,
+      labeling, class order); `what` names the command in the message.
+  """
+  ref = incremental[0]
+  shape = lambda r: (r["dataset"], r["task"], r["setting"], r.get("labeling"), tuple(r["class_order"]))
+  for r in incremental[1:]:
+    if shape(r) != shape(ref):
+      raise ValueError(f"{what}: run {r.get('workdir', '')} is {shape(r)[:4]}, but {ref.get('workdir', '')} is "
+                       f"{shape(ref)[:4]} (or a different class order): not one scenario")
+  return list(ref["steps"][0]["new_classes"]), [c for st in ref["steps"][1:] for c in st["new_classes"]]
 
 
 def comparison_markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -255,16 +265,10 @@ def sweep_summary(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
   """
   all_runs = [res for per_seed in runs.values() for res in per_seed.values()]
   incremental = [res for res in all_runs if res["task"] != "joint"]
-  shape = lambda r: (r["dataset"], r["task"], r["setting"], r.get("labeling"), tuple(r["class_order"]))
-  for res in incremental[1:]:
-    if shape(res) != shape(incremental[0]):
-      raise ValueError(f"sweep: runs of {shape(res)[:4]} and {shape(incremental[0])[:4]} (or different class "
-                       "orders): not one scenario")
   ref = incremental[0] if incremental else (all_runs[0] if all_runs else {})
   base = added = None
   if incremental:
-    base = list(ref["steps"][0]["new_classes"])
-    added = [c for st in ref["steps"][1:] for c in st["new_classes"]]
+    base, added = class_groups(incremental, "sweep")
   rows = []
   for method, per_seed in runs.items():
     seeds = sorted(per_seed)

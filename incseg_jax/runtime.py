@@ -15,8 +15,15 @@ import re
 import sys
 
 import jax
+from absl import app
+from absl import flags
+from absl import logging
 
 from incseg_jax import config_lib
+
+# Failures the user can act on (bad config or data, a mismatched checkpoint, a
+# non-finite loss): reported as their one-line message, never a traceback.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def cache_dir() -> str:
@@ -34,6 +41,19 @@ def setup() -> None:
     tf.config.set_visible_devices([], "TPU")
 
 
+def setup_command(argv: list[str]) -> None:
+  """What every command line does first: refuse stray arguments, quiet absl logging, `setup`.
+
+  absl logging goes to WARNING unless `--verbosity` was given: orbax logs
+  every file it reads or writes at INFO.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  setup()
+
+
 @contextlib.contextmanager
 def clear_errors():
   """Reports expected failures as one line (their message), exit code 2.
@@ -44,7 +64,7 @@ def clear_errors():
   """
   try:
     yield
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except EXPECTED_ERRORS as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   except OSError as e:
@@ -61,7 +81,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   method, malformed argument) in a flags error whose text is a full traceback;
   the user needs only its last line.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -45,7 +45,6 @@ import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
-from absl import logging
 
 from incseg_jax import checkpointing
 from incseg_jax import config_lib
@@ -55,6 +54,7 @@ from incseg_jax import methods as methods_lib
 from incseg_jax import reporting
 from incseg_jax import runtime
 from incseg_jax import tasks
+from incseg_jax import workdir as workdir_lib
 from incseg_jax.data import registry
 
 # The method whose step-0 model the others share, and the config fields the sweep sets itself.
@@ -323,13 +323,12 @@ def num_task_steps(config) -> int:
 def is_finished(config, workdir: str) -> bool:
   """Whether `workdir` holds this experiment finished: same config, every task step done, results.json written."""
   path = os.path.join(workdir, "results.json")
-  if not os.path.exists(path) or not os.path.exists(os.path.join(workdir, "config.json")):
+  config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path) or not os.path.exists(config_path):
     return False
-  with open(os.path.join(workdir, "config.json")) as f:
-    saved = config_lib.experiment_fields(config_lib.from_json(f.read()))
-  if files.json_diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict(),
-                     elementwise=False):
-    return False  # another experiment's: the run itself says what differs (and refuses)
+  with open(config_path) as f:
+    if workdir_lib.config_differences(config, f.read()):
+      return False  # another experiment's: the run itself says what differs (and refuses)
   n = num_task_steps(config)
   with open(path) as f:
     res = json.load(f)
@@ -343,8 +342,7 @@ def is_finished(config, workdir: str) -> bool:
 def _error_line(e: BaseException) -> str:
   text = str(e).strip()
   first = text.splitlines()[0] if text else ""
-  expected = (ValueError, FileNotFoundError, FloatingPointError)
-  return first if isinstance(e, expected) and first else f"{type(e).__name__}: {first}"
+  return first if isinstance(e, runtime.EXPECTED_ERRORS) and first else f"{type(e).__name__}: {first}"
 
 
 class _Finished:
@@ -366,7 +364,7 @@ def start_in_process(run: Run) -> _Finished:
   try:
     train.run(run.config, run.workdir)
   except Exception as e:  # pylint: disable=broad-except  (one failing run must not stop the sweep)
-    if not isinstance(e, (ValueError, FileNotFoundError, FloatingPointError)):
+    if not isinstance(e, runtime.EXPECTED_ERRORS):
       traceback.print_exc()
     return _Finished(_error_line(e))
   return _Finished(None)
@@ -564,11 +562,7 @@ def _define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
-  runtime.setup()
+  runtime.setup_command(argv)
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS
   path, _, arg = config_flags.get_config_filename(fv["config"]).partition(":")

@@ -48,9 +48,7 @@ def check_workdir(config, workdir: str, allow_change: bool = False, verify: Call
   if os.path.exists(path):
     with open(path) as f:
       old_text = f.read()
-    saved = config_lib.experiment_fields(config_lib.from_json(old_text))
-    differences = files.json_diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict(),
-                                  elementwise=False)
+    differences = config_differences(config, old_text)
     if differences and not allow_change:
       raise ValueError(f"workdir {workdir} holds a different experiment ({path}); differing fields "
                        f"(saved vs now):\n  " + "\n  ".join(differences) +
@@ -69,6 +67,17 @@ def check_workdir(config, workdir: str, allow_change: bool = False, verify: Call
     if archive:
       files.write_text_atomic(archive, old_text)
     files.write_text_atomic(path, config_lib.to_json(config))
+
+
+def config_differences(config, saved_text: str) -> list[str]:
+  """The fields that make `config` another experiment than the saved config.json text.
+
+  Fields that do not change results (`config_lib.VOLATILE_FIELDS`) are left
+  out; a field added since the file was saved counts as equal at its default.
+  """
+  saved = config_lib.experiment_fields(config_lib.from_json(saved_text))
+  return files.json_diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict(),
+                         elementwise=False)
 
 
 def read_config(workdir: str, flag: str = "--workdir"):

@@ -21,12 +21,12 @@ import os
 import time
 
 import flax
-import jax
-import jax.numpy as jnp
 
+from incseg_jax.data import registry
 from incseg_jax.models import resnet_names
 from incseg_jax.models import weight_files
 from incseg_jax.models.segmodel import build_model
+from incseg_jax.models.variables import abstract_variables
 
 
 # config.pretrained value: the resnet_small backbone pretrained on shapes_pretrain, built once per data dir.
@@ -36,21 +36,10 @@ PRETRAIN_SOURCE = 'incseg_jax.pretrain'
 BUILTIN_SEED = 0
 
 
-def _backbone_name(model_cfg):
-  # Whether the backbone takes the file's layout is known once the file is read (`_prepare`).
-  return getattr(model_cfg, 'backbone', None)
-
-
 def _small(model_cfg):
   """(width, blocks) of the config's resnet_small, with SegModel's defaults."""
   return (int(getattr(model_cfg, 'small_width', 16)),
           tuple(int(b) for b in getattr(model_cfg, 'small_blocks', (1, 1, 1, 1))))
-
-
-def default_data_dir() -> str:
-  """$INCSEG_DATA_DIR or ~/tensorflow_datasets (as `data.registry.default_data_dir`)."""
-  # Not imported from data.registry: that would load every dataset module (and TensorFlow) here.
-  return os.environ.get('INCSEG_DATA_DIR') or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
 
 
 def builtin_path(model_cfg, data_dir=None) -> str:
@@ -58,10 +47,12 @@ def builtin_path(model_cfg, data_dir=None) -> str:
 
   `<data_dir>/shapes_pretrain/<set version>/resnet_small_w<width>_b<blocks>_seed0.npz`.
   """
+  # Lazy: shapes_pretrain imports data.shapes, hence TensorFlow Datasets, which configs/shapes.py (it reads
+  # BUILTIN from here) must not load.
   from incseg_jax.data import shapes_pretrain  # pylint: disable=g-import-not-at-top
   width, blocks = _small(model_cfg)
   name = f'resnet_small_w{width}_b{"-".join(map(str, blocks))}_seed{BUILTIN_SEED}.npz'
-  return os.path.join(data_dir or default_data_dir(), shapes_pretrain.NAME, shapes_pretrain.VERSION, name)
+  return os.path.join(data_dir or registry.default_data_dir(), shapes_pretrain.NAME, shapes_pretrain.VERSION, name)
 
 
 def resolve(path, model_cfg, data_dir=None, **overrides) -> str:
@@ -150,6 +141,8 @@ def check_sidecar(path, model_cfg) -> None:
   record = read_sidecar(path)
   if record is None:
     return
+  # Lazy: shapes_pretrain imports data.shapes, hence TensorFlow Datasets, which configs/shapes.py (it reads
+  # BUILTIN from here) must not load.
   from incseg_jax.data import shapes_pretrain  # pylint: disable=g-import-not-at-top
   backbone = getattr(model_cfg, 'backbone', None)
   width, blocks = _small(model_cfg)
@@ -178,7 +171,7 @@ def check_sidecar(path, model_cfg) -> None:
 
 def _prepare(path, model_cfg):
   """Loads `path` and checks it against the config's architecture (and its sidecar, if any)."""
-  backbone = _backbone_name(model_cfg)
+  backbone = getattr(model_cfg, 'backbone', None)
   state_dict = weight_files.load_state_dict(path)
   check_sidecar(path, model_cfg)
   source = repr(os.fspath(path))
@@ -246,9 +239,6 @@ def validate(path: str, model_cfg, data_dir=None) -> None:
   state_dict, layout, backbone, source = _prepare(path, model_cfg)
   # The backbone's variable shapes depend on neither the classes nor the
   # input size.
-  model = build_model(model_cfg, (1,))
-  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda r, x: model.init(r, x, train=False),
-                            jax.random.key(0), x)
+  abstract = abstract_variables(build_model(model_cfg, (1,)), 64)
   resnet_names.check_fit(state_dict, _backbone_subtree(abstract, 'the model'), arch=backbone,
                          layout=layout, source=source)

@@ -254,18 +254,15 @@ def check_fit(state_dict, backbone_vars, *, arch, layout, source):
   if whole_surplus:
     lines.append('  blocks the model does not have: '
                  f'{", ".join(whole_surplus)}')
-  if missing:
-    lines.append(f'  {len(missing)} missing keys (shape the model needs):')
-    lines += [f'    {k} {plan[k][2]}' for k in missing]
-  if surplus:
-    lines.append(f'  {len(surplus)} surplus keys (shape in the file):')
-    lines += [f'    {k} {tuple(np.shape(present[k]))}' for k in surplus]
-  if mismatched:
-    lines.append(f'  {len(mismatched)} shape mismatches:')
-    lines += [f'    {m}' for m in mismatched]
-  if bad_values:
-    lines.append(f'  {len(bad_values)} bad values:')
-    lines += [f'    {m}' for m in bad_values]
+  sections = (
+      ('missing keys (shape the model needs)', [f'{k} {plan[k][2]}' for k in missing]),
+      ('surplus keys (shape in the file)', [f'{k} {tuple(np.shape(present[k]))}' for k in surplus]),
+      ('shape mismatches', mismatched),
+      ('bad values', bad_values))
+  for title, items in sections:
+    if items:
+      lines.append(f'  {len(items)} {title}:')
+      lines += [f'    {item}' for item in items]
   raise ValueError('\n'.join(lines))
 
 
