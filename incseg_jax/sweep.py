@@ -1,7 +1,8 @@
 """Several methods x several seeds of one experiment in one command, and one table of them.
 
   python -m incseg_jax.sweep --config=configs/shapes.py:task=15-1,setting=overlapped \
-      --methods=ft,mib,plop,mib_ucd --seeds=0,1,2 --workdir=runs/sweep [--parallel=N] [--config.<field>=...]
+      --methods=ft,mib,plop,mib_ucd --seeds=0,1,2 --workdir=runs/sweep [--parallel=N] [--step0_from=DIR]
+      [--config.<field>=...]
 
 Each (method, seed) is the experiment `--config` gives, with `method=<m>` put
 into the config argument (a `method=` already there is replaced: methods fill
@@ -16,7 +17,9 @@ pixels treated alike, nothing else in the config differs; `step0_difference`)
 reuses the step-0 model of an ft run of the same seed (`<workdir>/ft/seed_<s>`,
 run first even when ft is not listed; then it is not in the table) through
 `config.init_from`. `joint` and methods whose step-0 training differs train
-their own step 0.
+their own step 0. With `--step0_from=<another sweep's workdir>` every run
+instead reuses that sweep's step-0 model of its seed (ft's, or the method's
+own), as the papers' 15-1 and 15-5 share their step 0.
 
 A finished run (results.json and every task step done, under this config) is
 skipped; an unfinished one resumes. A failing run is reported with its method,
@@ -265,11 +268,19 @@ class Run:
 
 @dataclasses.dataclass
 class Plan:
-  """What a sweep runs: `runs` in start order (base runs first), `step0[method]` = None (shares) or why not."""
+  """What a sweep runs: `runs` in start order (base runs first), `step0[method]` = None (shares) or why not.
+
+  `step0_from` is the other sweep every run takes its step 0 from (`--step0_from`), or empty.
+  """
   runs: list[Run]
   step0: dict[str, str | None]
+  step0_from: str = ""
 
   def describe(self) -> str:
+    if self.step0_from:
+      return (f"step 0 of every run from {self.step0_from} (via config.init_from): {BASE_METHOD}'s for "
+              + ", ".join(m for m, why in self.step0.items() if why is None)
+              + "; its own for " + (", ".join(m for m, why in self.step0.items() if why is not None) or "none"))
     shared = [m for m, why in self.step0.items() if why is None and m != BASE_METHOD]
     own = [f"  {m}: {why}" for m, why in self.step0.items() if why is not None]
     lines = []
@@ -285,12 +296,25 @@ def run_dir(workdir: str, method: str, seed: int) -> str:
   return os.path.join(workdir, method, f"seed_{seed}")
 
 
-def make_plan(source: ConfigSource, method_names: Sequence[str], seeds: Sequence[int], workdir: str) -> Plan:
+def make_plan(source: ConfigSource, method_names: Sequence[str], seeds: Sequence[int], workdir: str,
+              step0_from: str = "") -> Plan:
   """Every run's config and workdir, and which methods share the ft run's step 0.
 
+  Args:
+    source: where every run's config comes from.
+    method_names: the methods (`--methods`).
+    seeds: the seeds (`--seeds`).
+    workdir: the sweep directory.
+    step0_from: another sweep's directory whose step-0 models every run reuses
+      (`--step0_from`, e.g. the 15-5 sweep for a 15-1 sweep, as the papers'
+      15-1 and 15-5 share their step 0): a method sharing ft's step 0 takes
+      `<step0_from>/ft/seed_<s>`, any other `<step0_from>/<method>/seed_<s>`.
+      Each must hold a finished step 0; `config.init_from`'s identity checks
+      refuse one trained differently. Empty: step 0 is trained in this sweep.
+
   Raises:
-    ValueError: an unknown method, an override some method's config lacks, or
-      an empty list of methods or seeds.
+    ValueError: an unknown method, an override some method's config lacks, an
+      empty list of methods or seeds, or a `step0_from` run without a finished step 0.
   """
   method_names = list(dict.fromkeys(m.strip() for m in method_names if m.strip()))
   seeds = list(dict.fromkeys(seeds))
@@ -300,6 +324,8 @@ def make_plan(source: ConfigSource, method_names: Sequence[str], seeds: Sequence
   step0 = {}
   for m in method_names:
     step0[m] = None if m == BASE_METHOD else step0_difference(source.make(m, seeds[0]), base_configs[seeds[0]])
+  if step0_from:
+    return _plan_from_other_sweep(source, method_names, seeds, workdir, step0, step0_from)
   needs_base = BASE_METHOD in method_names or any(why is None for why in step0.values())
   runs = []
   for s in seeds:
@@ -313,6 +339,22 @@ def make_plan(source: ConfigSource, method_names: Sequence[str], seeds: Sequence
       runs.append(Run(m, s, run_dir(workdir, m, s), source.make(m, s, init_from=base_dir if shares else ""),
                       base=(BASE_METHOD, s) if shares else None))
   return Plan(runs=runs, step0=step0)
+
+
+def _plan_from_other_sweep(source: ConfigSource, method_names: Sequence[str], seeds: Sequence[int], workdir: str,
+                           step0: dict[str, str | None], step0_from: str) -> Plan:
+  """`make_plan` when every run's step 0 comes from the sweep in `step0_from` (no base run here)."""
+  runs, missing = [], []
+  for s in seeds:
+    for m in method_names:
+      source_dir = run_dir(step0_from, BASE_METHOD if step0[m] is None else m, s)
+      if not checkpointing.is_done(source_dir, 0):
+        missing.append(source_dir)
+      runs.append(Run(m, s, run_dir(workdir, m, s), source.make(m, s, init_from=source_dir)))
+  if missing:
+    raise ValueError(f"--step0_from={step0_from}: no finished step 0 in " + ", ".join(missing)
+                     + " (run that sweep with these methods and seeds first)")
+  return Plan(runs=runs, step0=step0, step0_from=step0_from)
 
 
 def num_task_steps(config) -> int:
@@ -485,7 +527,7 @@ OUTPUTS = ("sweep.md", "sweep.csv", "sweep.json")
 
 
 def run_sweep(source: ConfigSource, method_names: Sequence[str], seeds: Sequence[int], workdir: str,
-              parallel: int = 1) -> int:
+              parallel: int = 1, step0_from: str = "") -> int:
   """Plans, runs and tabulates a sweep; returns the exit status (0, or 1 when a run failed).
 
   Raises:
@@ -493,7 +535,7 @@ def run_sweep(source: ConfigSource, method_names: Sequence[str], seeds: Sequence
   """
   if parallel < 1:
     raise ValueError(f"--parallel={parallel}: expected at least 1")
-  plan = make_plan(source, method_names, seeds, workdir)
+  plan = make_plan(source, method_names, seeds, workdir, step0_from)
   print(plan.describe(), flush=True)
   if parallel == 1:
     start = start_in_process
@@ -524,6 +566,8 @@ def collect(plan: Plan, outcome: Mapping[tuple[str, int], str | None]) -> dict[s
   summary["seeds"] = sorted({r.seed for r in plan.runs})
   summary["step0"] = {m: "shared" if why is None and m != BASE_METHOD else (why or "base")
                       for m, why in plan.step0.items()}
+  if plan.step0_from:
+    summary["step0_from"] = plan.step0_from
   summary["failed"] = [{"method": r.method, "seed": r.seed, "error": outcome[r.key]}
                        for r in plan.runs if outcome.get(r.key) is not None]
   return summary
@@ -558,6 +602,8 @@ def _define_flags() -> None:
   flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) of every method.")
   flags.DEFINE_string("workdir", None, "Sweep directory: <workdir>/<method>/seed_<seed>/ and sweep.{md,csv,json}.")
   flags.DEFINE_integer("parallel", 1, "Runs at once: 1 runs them in this process, N > 1 as N subprocesses.")
+  flags.DEFINE_string("step0_from", "", "Another sweep's directory whose step-0 models every run reuses "
+                      "(e.g. the 15-5 sweep's for a 15-1 sweep).")
   flags.mark_flags_as_required(["config", "methods", "workdir"])
 
 
@@ -569,7 +615,7 @@ def main(argv):
   with runtime.clear_errors():
     source = ConfigSource(path=path, arg=arg, overrides=dict(config_flags.get_override_values(fv["config"])),
                           override_args=override_args(sys.argv[1:], fv))
-    status = run_sweep(source, fv.methods, parse_seeds(fv.seeds), fv.workdir, fv.parallel)
+    status = run_sweep(source, fv.methods, parse_seeds(fv.seeds), fv.workdir, fv.parallel, fv.step0_from)
   sys.exit(status)
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from incseg_jax import checkpointing
 from incseg_jax import config_lib
 from incseg_jax import reporting
 from incseg_jax import sweep
@@ -128,6 +129,25 @@ def test_plan_runs_base_first_and_shares_through_init_from(tmp_path):
   assert "plop" in plan.describe() and "lwf_mc: trains void" in plan.describe()
   # Without a sharing method and without ft no base run is needed.
   assert [r.method for r in sweep.make_plan(source, ["lwf_mc"], [0], str(tmp_path)).runs] == ["lwf_mc"]
+
+
+def test_plan_takes_step0_from_another_sweep(tmp_path):
+  source = sweep.ConfigSource(SHAPES, "task=15-1,runlocal", {})
+  other = str(tmp_path / "sweep_15-5")
+  with pytest.raises(ValueError, match=r"--step0_from=.*no finished step 0 in .*ft.seed_0, .*mib.seed_0"):
+    sweep.make_plan(source, ["ft", "plop", "mib"], [0], str(tmp_path / "here"), step0_from=other)
+  for m in ("ft", "mib"):
+    os.makedirs(checkpointing.task_dir(sweep.run_dir(other, m, 0), 0))
+    checkpointing.mark_done(sweep.run_dir(other, m, 0), 0, {})
+  plan = sweep.make_plan(source, ["ft", "plop", "mib"], [0], str(tmp_path / "here"), step0_from=other)
+  by_key = {r.key: r for r in plan.runs}
+  assert [r.name for r in plan.runs] == ["ft seed 0", "plop seed 0", "mib seed 0"]
+  assert all(r.base is None and r.in_table for r in plan.runs)  # nothing waits for a run of this sweep
+  assert by_key[("ft", 0)].config.init_from == sweep.run_dir(other, "ft", 0)
+  assert by_key[("plop", 0)].config.init_from == sweep.run_dir(other, "ft", 0)
+  assert by_key[("mib", 0)].config.init_from == sweep.run_dir(other, "mib", 0)  # mib trains its own step 0
+  assert by_key[("plop", 0)].workdir == sweep.run_dir(str(tmp_path / "here"), "plop", 0)
+  assert other in plan.describe() and "its own for mib" in plan.describe()
 
 
 def test_config_source_refuses_what_the_sweep_sets_and_missing_fields():
