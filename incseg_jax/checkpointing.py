@@ -10,7 +10,9 @@ Layout under the workdir:
                                                     and evaluated
 Each checkpoint has two items: `model` (params + batch_stats: what a teacher,
 `evaluate` or `init_from` needs) and `train` (optimizer state, step, skipped
-batches), so a teacher is restored without building an optimizer. Orbax
+batches), so a teacher is restored without building an optimizer; a run whose
+loss terms carry state (`losses.state`, e.g. EWC's Fisher) saves it as a third
+item, `method`. Orbax
 writes each step to `<step>.orbax-checkpoint-tmp` and renames it when
 complete, so a torn write is never listed as a step (and is removed when the
 next writer opens the directory).
@@ -36,6 +38,9 @@ CheckpointMismatchError = files.MismatchError
 NoSpaceError = files.NoSpaceError
 
 
+METHOD_ITEM = "method"
+
+
 def task_dir(workdir: str, task_index: int) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints", f"task_{task_index:02d}")
 
@@ -52,7 +57,8 @@ class TaskCheckpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "train"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("model", "train", METHOD_ITEM))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -73,10 +79,12 @@ class TaskCheckpointer:
     files.check_free_space(self.directory, state, self._kept_message())
     model = {"params": state.params, "batch_stats": state.batch_stats}
     train = {"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
+    items = {"model": ocp.args.StandardSave(model), "train": ocp.args.StandardSave(train)}
+    if state.method_state is not None:
+      items[METHOD_ITEM] = ocp.args.StandardSave(state.method_state)
     self._hooks.before_save(self.task_index, step)
     try:
-      self._manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
-                                                       train=ocp.args.StandardSave(train)), force=True)
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       if files.is_enospc(e):
@@ -99,6 +107,11 @@ class TaskCheckpointer:
     """
     where = os.path.join(self.directory, str(step))
     hint = "Was it written by another experiment or version? Use a new --workdir."
+    if METHOD_ITEM in targets and not os.path.isdir(os.path.join(where, METHOD_ITEM)):
+      raise CheckpointMismatchError(
+          f"cannot restore the checkpoint {where}: it holds no method state (no '{METHOD_ITEM}' item), which this "
+          f"run's loss terms carry ({', '.join(sorted(targets[METHOD_ITEM] or {}))}); it was saved by a run "
+          f"without them. {hint}")
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
           **{name: ocp.args.StandardRestore(tree) for name, tree in targets.items()}))
@@ -123,10 +136,21 @@ class TaskCheckpointer:
     step = self.latest_step() if step is None else step
     model_t = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
     train_t = {"opt_state": abstract_state.opt_state, "step": abstract_state.step, "skipped": abstract_state.skipped}
-    out = self._restore(step, model=model_t, train=train_t)
+    targets = {"model": model_t, "train": train_t}
+    if abstract_state.method_state is not None:
+      targets[METHOD_ITEM] = abstract_state.method_state
+    out = self._restore(step, **targets)
     return abstract_state.replace(params=out.model["params"], batch_stats=out.model["batch_stats"],
                                   opt_state=out.train["opt_state"], step=out.train["step"],
-                                  skipped=out.train["skipped"])
+                                  skipped=out.train["skipped"],
+                                  method_state=out[METHOD_ITEM] if METHOD_ITEM in targets else None)
+
+  def restore_method_state(self, abstract_method_state: Any, step: int | None = None) -> Any:
+    """Restores only the `method` item (the state the next task step, or an `init_from` run, starts from)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    return self._restore(step, **{METHOD_ITEM: abstract_method_state})[METHOD_ITEM]
 
   def restore_variables(self, abstract_variables: Any, step: int | None = None) -> dict[str, Any]:
     """Restores only {'params', 'batch_stats'} (teacher, evaluation)."""
@@ -176,6 +200,36 @@ def check_identity(workdir: str, task_index: int, expected: dict[str, Any], what
   """
   return files.check_identity(task_dir(workdir, task_index), expected, what=what, defaults=defaults,
                               name=f"task step {task_index}")
+
+
+def restore_method_state(workdir: str, task_index: int, names) -> dict[str, Any]:
+  """Task step `task_index`'s final method states (term name -> state tree) as host arrays, read-only.
+
+  Restored as saved (the structure of a state depends on the steps before),
+  then checked to hold every term in `names`.
+
+  Raises:
+    CheckpointMismatchError: no `method` item, or one without some term's state.
+  """
+  ckpt = TaskCheckpointer(workdir, task_index, read_only=True)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    where = os.path.join(ckpt.directory, str(step))
+    if not os.path.isdir(os.path.join(where, METHOD_ITEM)):
+      raise CheckpointMismatchError(
+          f"the checkpoint {where} holds no method state (no '{METHOD_ITEM}' item), which this run's loss terms "
+          f"{sorted(names)} carry from step to step: it was saved by a run without them (e.g. a method without "
+          "this state as config.init_from). Train that step with this method.")
+    state = jax.device_get(ckpt.restore_method_state(None))
+  finally:
+    ckpt.close()
+  missing = sorted(set(names) - set(state or {}))
+  if missing:
+    raise CheckpointMismatchError(f"the checkpoint {where} holds the method state of {sorted(state or {})}, "
+                                  f"not of {missing}, which this run's loss terms need.")
+  return {name: state[name] for name in names}
 
 
 def restore_variables(workdir: str, task_index: int, model, image_size: int, mesh) -> dict[str, Any]:

@@ -42,6 +42,9 @@ class StepSpec:
       method's and `config.freeze` after step 0; every BatchNorm with
       `model.bn_frozen`).
     terms: (name, weight, options) of the loss terms this step trains with.
+    states: (term name, `losses.state.StateRule`, options) of the terms that
+      carry state: every stateful term of `config.losses` with a nonzero
+      weight, at every step (step 0 included, where a penalty is still off).
   """
   index: int
   task: tasks.TaskStep
@@ -53,6 +56,7 @@ class StepSpec:
   learning_rate: float
   frozen: tuple[str, ...]
   terms: tuple[tuple[str, float, dict[str, Any]], ...]
+  states: tuple[tuple[str, Any, dict[str, Any]], ...] = ()
 
 
 @dataclasses.dataclass
@@ -98,7 +102,7 @@ class Experiment:
                     teacher_model=self.model(k - 1) if k > 0 else None, indices=self.step_indices[k],
                     num_train_steps=self._num_train_steps(k),
                     learning_rate=cfg.schedule.base_lr if k == 0 else cfg.schedule.inc_lr, frozen=frozen,
-                    terms=tuple(methods.active_terms(cfg, k)))
+                    terms=tuple(methods.active_terms(cfg, k)), states=tuple(methods.state_terms(cfg)))
 
   def _num_train_steps(self, k: int) -> int:
     """Length of a task step's schedule in train steps (see config.schedule)."""

@@ -170,7 +170,9 @@ def step0_difference(config: ml_collections.ConfigDict, base: ml_collections.Con
   `Method.void_as_background`), and the loss terms active at step 0
   (`methods.active_terms(config, 0)`). Terms with other names still count as
   the same when they compute the same loss (`same_step0_loss`), as PLOP's
-  `plop_ce` and MiB's `unbiased_ce` do without a previous model.
+  `plop_ce` and MiB's `unbiased_ce` do without a previous model. A method
+  whose terms carry state (EWC's Fisher) accumulates it from step 0, so it
+  trains its own.
   """
   method, base_method = methods_lib.get(config.method), methods_lib.get(base.method)
   if method.joint:
@@ -185,6 +187,9 @@ def step0_difference(config: ml_collections.ConfigDict, base: ml_collections.Con
   mine, theirs = methods_lib.active_terms(config, 0), methods_lib.active_terms(base, 0)
   if mine != theirs and not same_step0_loss(mine, theirs):
     reasons.append(f"step-0 loss {_terms(mine)} is not {base.method}'s {_terms(theirs)}")
+  states = [name for name, _, _ in methods_lib.state_terms(config)]
+  if states != [name for name, _, _ in methods_lib.state_terms(base)]:
+    reasons.append(f"accumulates the state of {', '.join(states) or 'no term'} from step 0")
   return "; ".join(reasons) or None
 
 

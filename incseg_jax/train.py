@@ -37,6 +37,7 @@ from incseg_jax import sharding
 from incseg_jax import train_step as ts
 from incseg_jax import validate
 from incseg_jax import workdir as workdir_lib
+from incseg_jax.losses import state as state_lib
 from incseg_jax.models import pretrained
 
 
@@ -67,6 +68,7 @@ def run(config, workdir: str, allow_config_change: bool = False,
     print(f"task step {k}: {len(spec.indices)} training images, {spec.num_train_steps} train steps", flush=True)
   records = []
   teacher_vars = None
+  method_states = None  # the previous step's final method states (host arrays), when its terms carry state
   offset = 0
   for k in range(exp.num_steps):
     spec = exp.step(k)
@@ -75,8 +77,11 @@ def run(config, workdir: str, allow_config_change: bool = False,
       record = checkpointing.read_done(workdir, k)
       print(f"task step {k}: already done, skipping", flush=True)
       variables = workdir_lib.restore_step(exp, workdir, k, mesh) if k + 1 < exp.num_steps else None
+      if spec.states and k + 1 < exp.num_steps:
+        method_states = checkpointing.restore_method_state(workdir, k, [name for name, _, _ in spec.states])
     else:
-      variables, skipped = train_task_step(exp, spec, workdir, teacher_vars, mesh, writer, offset, hooks)
+      variables, skipped, method_states = train_task_step(exp, spec, workdir, teacher_vars, mesh, writer, offset,
+                                                          hooks, method_states)
       metrics = evaluation.evaluate_step(exp, spec, variables, mesh, hooks)
       record = reporting.step_record(exp, spec, metrics, train_seconds=time.time() - t0, skipped_batches=skipped)
       writer.write_scalars(offset + spec.num_train_steps, {
@@ -97,12 +102,18 @@ def run(config, workdir: str, allow_config_change: bool = False,
 
 
 def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, workdir: str, teacher_vars,
-                    mesh, writer, global_offset: int,
-                    hooks: hooks_lib.Hooks = hooks_lib.NONE) -> tuple[dict[str, Any], int]:
+                    mesh, writer, global_offset: int, hooks: hooks_lib.Hooks = hooks_lib.NONE,
+                    previous_states: dict[str, Any] | None = None) -> tuple[dict[str, Any], int, Any]:
   """Trains (or resumes) one task step.
 
+  Args:
+    exp, spec, workdir, teacher_vars, mesh, writer, global_offset, hooks: as in `run`.
+    previous_states: the previous step's final method states (term name ->
+      host state tree) when the step's terms carry state (`spec.states`).
+
   Returns:
-    (its final variables, the number of batches skipped as non-finite).
+    (its final variables, the number of batches skipped as non-finite, its
+    final method states as host arrays or None).
 
   Raises:
     FloatingPointError: a non-finite loss or gradient with `config.nonfinite="stop"`.
@@ -123,8 +134,9 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
                            load_pretrained=not resuming and not cfg.init_from)
   schedule = ts.lr_schedule(spec.learning_rate, cfg.schedule.end_lr, cfg.schedule.power, num_steps)
   tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], spec.frozen)
+  method_state = init_states(spec, variables["params"], teacher_vars, previous_states) if spec.states else None
   state = ts.TrainState(step=np.int32(0), params=variables["params"], batch_stats=variables.get("batch_stats", {}),
-                        opt_state=tx.init(variables["params"]), skipped=np.int32(0))
+                        opt_state=tx.init(variables["params"]), skipped=np.int32(0), method_state=method_state)
   state = sharding.put_replicated(state, mesh)
 
   start = 0
@@ -140,12 +152,16 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
       imported = workdir_lib.restore_step(exp, src, 0, mesh)
       state = state.replace(params=imported["params"], batch_stats=imported["batch_stats"],
                             step=sharding.put_replicated(np.int32(num_steps), mesh))
+      if spec.states:  # the state the source accumulated over its step 0 (check_init_from: same terms and options)
+        state = state.replace(method_state=sharding.put_replicated(
+            checkpointing.restore_method_state(src, 0, [name for name, _, _ in spec.states]), mesh))
       ckpt.save(num_steps, state)
     ckpt.close()
-    return {"params": state.params, "batch_stats": state.batch_stats}, 0
+    return {"params": state.params, "batch_stats": state.batch_stats}, 0, _host_states(state)
 
   if start < num_steps:
-    step_fn = ts.make_train_step(spec.model, spec.teacher_model, spec.terms, spec.info, tx, schedule, spec.frozen)
+    step_fn = ts.make_train_step(spec.model, spec.teacher_model, spec.terms, spec.info, tx, schedule, spec.frozen,
+                                 spec.states)
     extras = None
     if exp.method.prepare is not None and k > 0:
       extras = sharding.put_replicated(_prepare(exp, spec, teacher_vars, mesh), mesh)
@@ -154,7 +170,30 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
   if ckpt.latest_step() != num_steps:
     ckpt.save(num_steps, state)
   ckpt.close()
-  return {"params": state.params, "batch_stats": state.batch_stats}, int(jax.device_get(state.skipped))
+  return ({"params": state.params, "batch_stats": state.batch_stats}, int(jax.device_get(state.skipped)),
+          _host_states(state))
+
+
+def init_states(spec: experiment_lib.StepSpec, params, teacher_vars, previous: dict[str, Any] | None) -> dict[str, Any]:
+  """Each stateful term's state at the start of the step (`losses.state.StateRule.init`), as host float32 arrays.
+
+  Raises:
+    ValueError: a step after 0 without the previous step's states (a bug in the caller).
+  """
+  if spec.index > 0 and previous is None:
+    raise ValueError(f"task step {spec.index}: the previous step's method states are missing")
+  host_params = jax.device_get(params)
+  teacher_params = jax.device_get(teacher_vars["params"]) if teacher_vars is not None else None
+  out = {}
+  for name, rule, opts in spec.states:
+    ctx = state_lib.StateContext(params=host_params, teacher_params=teacher_params,
+                                 previous=None if spec.index == 0 else previous[name], task=spec.info, options=opts)
+    out[name] = state_lib.copy_tree(rule.init(ctx))
+  return out
+
+
+def _host_states(state: ts.TrainState) -> Any:
+  return None if state.method_state is None else jax.device_get(state.method_state)
 
 
 def init_student(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, teacher_vars, key,

@@ -14,6 +14,7 @@ in its metrics; the host decides whether to stop or go on (`config.nonfinite`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -24,6 +25,7 @@ from flax import struct
 
 from incseg_jax import losses as losses_lib
 from incseg_jax import models
+from incseg_jax.losses import state as state_lib
 
 
 class TrainState(struct.PyTreeNode):
@@ -35,12 +37,15 @@ class TrainState(struct.PyTreeNode):
     batch_stats: its BatchNorm statistics.
     opt_state: the optimizer's state.
     skipped: batches left out because a loss or the gradient was not finite.
+    method_state: term name -> the state that term carries across task steps
+      (`losses.state`), or None when no term has state.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   skipped: jax.Array = 0
+  method_state: Any = None
 
 
 def lr_schedule(start: float, end: float, power: float, num_steps: int) -> optax.Schedule:
@@ -65,7 +70,7 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Seq
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequence[tuple[str, float, dict]],
                     task: losses_lib.TaskInfo, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    frozen: Sequence[str] = ()) -> Callable:
+                    frozen: Sequence[str] = (), states: Sequence[tuple[str, Any, dict]] = ()) -> Callable:
   """Builds the jitted update for one task step.
 
   Args:
@@ -76,6 +81,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     tx: the optimizer.
     schedule: the learning-rate schedule (for logging only).
     frozen: parameter-path prefixes whose params and batch_stats must not change.
+    states: (term name, `losses.state.StateRule`, options) of the terms that
+      carry state: `state.method_state[name]` is updated by every applied
+      train step from the forward terms' gradients and the parameters they
+      were taken at, and is the term's `inputs.state`.
 
   Returns:
     `step(state, teacher_variables, batch, key, extras=None) -> (state, metrics)`, jitted,
@@ -85,7 +94,11 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     `metrics` holds `loss`, `loss_<term>`, `grad_norm`, `lr`, `skipped_batches`
     and `finite` (False: the update was not applied, see the module doc).
   """
-  fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms]
+  fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms
+         if not losses_lib.reads_params(name)]
+  param_fns = [(name, weight, losses_lib.get(name), dict(opts)) for name, weight, opts in terms
+               if losses_lib.reads_params(name)]
+  states = tuple(states)
 
   def step(state: TrainState, teacher_variables: Any, batch: dict, key: jax.Array, extras: dict | None = None):
     images, labels = batch["image"], batch["label"]
@@ -93,17 +106,36 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     teacher_out = None
     if teacher is not None:
       teacher_out = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
+    method_state = state.method_state or {}
+    step_index = state.step
 
     def loss_fn(params):
       out, mutated = student.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": rng})
       inputs = losses_lib.LossInputs(student=out, teacher=teacher_out, labels=labels, images=images, task=task,
                                      extras=extras or {})
-      values = {name: fn(inputs, **opts) for name, _, fn, opts in fns}
+      values = {name: fn(_with_state(inputs, method_state, name), **opts) for name, _, fn, opts in fns}
       total = sum(weight * values[name] for name, weight, _, _ in fns)
       return total, (values, mutated["batch_stats"])
 
     (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    forward_grads = grads
+    if param_fns:
+      # Parameter penalties are differentiated apart, so a state update sees the
+      # forward terms' gradients only (the reference code updates its
+      # importance before back-propagating the penalty).
+      teacher_params = jax.lax.stop_gradient(teacher_variables["params"])
+
+      def penalty_fn(params):
+        inputs = losses_lib.LossInputs(student=None, teacher=None, labels=labels, images=images, task=task,
+                                       extras=extras or {}, params=params, teacher_params=teacher_params)
+        pen = {name: fn(_with_state(inputs, method_state, name), **opts) for name, _, fn, opts in param_fns}
+        return sum(weight * pen[name] for name, weight, _, _ in param_fns), pen
+
+      (pen_total, pen_values), pen_grads = jax.value_and_grad(penalty_fn, has_aux=True)(state.params)
+      total = total + pen_total
+      values = dict(values, **pen_values)
+      grads = jax.tree.map(jnp.add, grads, pen_grads)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
     for v in values.values():
@@ -113,24 +145,34 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     # before the guard existed (a select after it changed the fusion and with
     # it the low bits of every result); a skipped batch costs no update.
     def update(operands):
-      grads, new_stats, params, opt_state, stats = operands
+      grads, new_stats, params, opt_state, stats = operands[:5]
       updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
+      new_params = optax.apply_updates(params, updates)
       if frozen:
         # BatchNorm statistics are not parameters: keep the frozen ones explicitly.
         mask = models.frozen_mask(new_stats, frozen)
         new_stats = jax.tree.map(lambda m, old, new: old if m else new, mask, stats, new_stats)
-      return params, opt_state, new_stats
+      if not states:
+        return new_params, opt_state, new_stats
+      forward_grads, ms = operands[5:]
+      ms = {name: rule.update(ms[name], state_lib.UpdateInputs(grads=forward_grads, params=params, step=step_index,
+                                                               options=opts))
+            for name, rule, opts in states}
+      return new_params, opt_state, new_stats, ms
 
     def keep(operands):
-      _, _, params, opt_state, stats = operands
+      _, _, params, opt_state, stats = operands[:5]
       # The batch still uses up its learning-rate step (as a per-iteration
       # scheduler would), so the applied lr stays the logged schedule(step);
-      # momentum, weights and BatchNorm statistics are untouched.
-      return params, _advance_schedules(opt_state), stats
+      # momentum, weights, BatchNorm statistics and method states are untouched.
+      return (params, _advance_schedules(opt_state), stats) + tuple(operands[6:])
 
-    params, opt_state, new_stats = jax.lax.cond(finite, update, keep,
-                                                (grads, new_stats, state.params, state.opt_state, state.batch_stats))
+    operands = (grads, new_stats, state.params, state.opt_state, state.batch_stats)
+    if states:
+      operands += (forward_grads, method_state)
+    params, opt_state, new_stats, *new_ms = jax.lax.cond(finite, update, keep, operands)
+    if states:
+      state = state.replace(method_state=new_ms[0])
     skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
     metrics = {"loss": total, "grad_norm": grad_norm, "lr": schedule(state.step), "skipped_batches": skipped,
                "finite": finite}
@@ -139,6 +181,13 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
                          skipped=skipped), metrics
 
   return jax.jit(step, donate_argnames=("state",))
+
+
+def _with_state(inputs: losses_lib.LossInputs, method_state: dict, name: str) -> losses_lib.LossInputs:
+  """`inputs` with the term's own state (unchanged for a stateless term)."""
+  if name not in method_state:
+    return inputs
+  return dataclasses.replace(inputs, state=method_state[name])
 
 
 def _advance_schedules(opt_state: Any) -> Any:

@@ -19,6 +19,8 @@ Workdir and checkpoint identity are checked by incseg_jax/workdir.py.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -197,6 +199,15 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
     extras = _UnknownExtras() if exp.method.prepare is not None and k > 0 else {}
     for name, _, opts in spec.terms:
       fn = losses_lib.get(name)
+      if losses_lib.reads_params(name):
+        # A parameter term reads parameters and state, not forward outputs:
+        # its options are checked here, the term when the train step compiles.
+        try:
+          inspect.signature(fn).bind(None, **opts)
+        except TypeError as e:
+          raise ValueError(f"config.loss_options.{name}={opts}: loss term {name!r} does not take these options "
+                           f"({e})") from e
+        continue
 
       def term(s, t, y, x, fn=fn, opts=opts, info=spec.info, extras=extras):
         inputs = losses_lib.LossInputs(student=s, teacher=t, labels=y, images=x, task=info, extras=extras)

@@ -19,6 +19,7 @@ from incseg_jax import checkpointing
 from incseg_jax import config_lib
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import files
+from incseg_jax import methods
 
 CONFIG_FILE = "config.json"
 
@@ -102,9 +103,13 @@ def step_identity(exp: experiment_lib.Experiment, task_index: int) -> dict[str, 
   """
   names = exp.meta.class_names
   steps = exp.plan.steps[:task_index + 1]
-  return {"dataset": exp.config.dataset.name, "model": json.loads(exp.config.model.to_json_best_effort()),
-          "heads": task_index + 1, "classes_per_step": list(exp.plan.classes_per_step[:task_index + 1]),
-          "step_classes": [[names[c] for c in st.new_classes] for st in steps]}
+  identity = {"dataset": exp.config.dataset.name, "model": json.loads(exp.config.model.to_json_best_effort()),
+              "heads": task_index + 1, "classes_per_step": list(exp.plan.classes_per_step[:task_index + 1]),
+              "step_classes": [[names[c] for c in st.new_classes] for st in steps]}
+  states = methods.state_terms(exp.config)
+  if states:  # only then: stateless runs keep the identity files they always had
+    identity["method_state"] = {name: opts for name, _, opts in states}
+  return identity
 
 
 def check_step_identity(exp: experiment_lib.Experiment, workdir: str, task_index: int, what: str) -> bool:
@@ -149,6 +154,12 @@ def check_init_from(exp: experiment_lib.Experiment) -> str:
   other_plan = experiment_lib.plan_only(other, exp.meta, counts)
   if other_plan.steps[0].new_classes != exp.plan.steps[0].new_classes:
     differences.append(f"step-0 classes: {other_plan.steps[0].new_classes} vs {exp.plan.steps[0].new_classes}")
+  ours_states = {name: opts for name, _, opts in methods.state_terms(exp.config)}
+  if ours_states:  # the state accumulated over step 0 comes with the model: same terms, same options
+    theirs_states = {name: opts for name, _, opts in methods.state_terms(other)}
+    if theirs_states != ours_states:
+      differences.append(f"state carried from step 0 (loss terms and options): {theirs_states or 'none'} vs "
+                         f"{ours_states}; train step 0 with this method, or init_from a run of it")
   if differences:
     raise ValueError(f"config.init_from={src!r} is a different base model; differing (theirs vs ours):\n  "
                      + "\n  ".join(differences))

@@ -153,3 +153,16 @@ def test_losses_registered_restores_a_previous_entry_and_its_teacher_flag():
   assert losses.get("ce") is ce and not losses.needs_teacher("ce")
   with pytest.raises(ValueError, match="registered twice"):
     losses.register("ce")(_zero_loss)
+
+
+def test_a_classification_term_of_one_part_replaces_the_plain_ce_of_another():
+  both = methods.get("mib+ewc")
+  assert dict(both.losses) == {"unbiased_ce": 1.0, "unbiased_kd": 10.0, "ewc": 500.0}
+  assert both.void_as_background and both.head_init is methods.get("mib").head_init
+  assert dict(methods.get("ef+kd_cls_t").losses)["ce"] == 1.0  # two plain-CE parts keep it
+
+
+def test_state_terms_are_the_weighted_stateful_terms():
+  config = ml_collections.ConfigDict({"losses": {"ce": 1.0, "ewc": 500.0, "pi": 0.0},
+                                      "loss_options": {"ewc": {"alpha": 0.5}}})
+  assert [(n, r.name, o) for n, r, o in methods.state_terms(config)] == [("ewc", "ewc", {"alpha": 0.5})]

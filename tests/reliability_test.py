@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -51,12 +52,13 @@ KILLS = [
 ]
 
 
-def main(workdir, data_dir, fault=None):
+def main(workdir, data_dir, fault=None, args=None):
   env = dict(os.environ, INCSEG_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
   env.pop(faults.ENV, None)
   if fault:
     env[faults.ENV] = fault
-  return subprocess.run([sys.executable, "-m", "incseg_jax.testing.faults", f"--workdir={workdir}", *ARGS], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, "-m", "incseg_jax.testing.faults", f"--workdir={workdir}", *(args or ARGS)],
+                        cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -99,6 +101,39 @@ def test_killed_runs_resume_to_identical_results(smoke_config, shapes_data_dir, 
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*", "*orbax-checkpoint-tmp*"))
   assert results_without_timings(workdir) == results_without_timings(str(tmp_path / "clean"))
   print(f"{len(KILLS)} kill points, identical results; {len(KILLS) + 2} runs in {time.time() - t0:.0f} s")
+
+
+# PI: a state (path integral, last and start parameters) updated by every
+# train step, saved with every checkpoint and finalised into the next step's
+# importance. The same chain, shorter: mid-step resume (the state from the
+# periodic checkpoint), a new process per step (the previous state from disk).
+STATE_ARGS = ["--config=configs/shapes.py:task=18-1,method=pi,runlocal", "--config.schedule.base_length=4",
+              "--config.schedule.inc_length=2", "--config.checkpoint_every=2", "--config.log_every=2"]
+STATE_KILLS = ["kill:task=0,step=3,phase=train", "kill:task=0,phase=between", "kill:task=1,step=1,phase=train"]
+
+
+def final_method_state(workdir, task_index):
+  return checkpointing.restore_method_state(workdir, task_index, ["pi"])["pi"]
+
+
+def test_killed_stateful_runs_resume_to_identical_results_and_state(smoke_config, shapes_data_dir, tmp_path):
+  config = smoke_config("task=18-1,method=pi")
+  config.schedule.base_length, config.schedule.inc_length = 4, 2
+  config.checkpoint_every = config.log_every = 2
+  train.run(config, str(tmp_path / "clean"))
+  workdir = str(tmp_path / "killed")
+  for fault in STATE_KILLS:
+    out = main(workdir, shapes_data_dir, fault, STATE_ARGS)
+    assert out.returncode == -signal.SIGKILL, (fault, out.returncode, out.stderr[-3000:])
+  final = main(workdir, shapes_data_dir, args=STATE_ARGS)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert results_without_timings(workdir) == results_without_timings(str(tmp_path / "clean"))
+  for k in range(3):
+    clean, killed = final_method_state(str(tmp_path / "clean"), k), final_method_state(workdir, k)
+    assert jax.tree.structure(clean) == jax.tree.structure(killed)
+    for a, b in zip(jax.tree.leaves(clean), jax.tree.leaves(killed)):
+      np.testing.assert_array_equal(a, b)
+  assert "importance" in final_method_state(workdir, 2) and "importance" not in final_method_state(workdir, 0)
 
 
 def tiny_state(width=3):

@@ -1,4 +1,4 @@
-"""The sharded train step gives the same loss on 8 simulated devices as on 1."""
+"""The sharded train step gives the same loss (and method state) on 8 simulated devices as on 1."""
 
 import json
 import os
@@ -37,8 +37,30 @@ SCRIPT = textwrap.dedent("""
         state, m = step(state, sharding.put_replicated(tvars, mesh), sharding.put_batch(batch, mesh),
                         jax.random.key(0))
         losses_out.append(float(m["loss"]))
+    # EWC: its state (Fisher, importance) replicated like the parameters and
+    # updated inside the step from the global batch's gradients.
+    from incseg_jax.losses import regularizers, state as state_lib
+    opts = {"alpha": 0.9, "normalize": True}
+    previous = {"fisher": jax.tree.map(lambda x: rng.uniform(0.1, 2.0, np.shape(x)).astype(np.float32),
+                                       tvars["params"])}
+    ewc = regularizers.ewc_init(state_lib.StateContext(params=svars["params"], teacher_params=tvars["params"],
+                                                       previous=previous, task=task, options=opts))
+    state = ts.TrainState(step=np.int32(0), params=svars["params"], batch_stats=svars["batch_stats"],
+                          opt_state=tx.init(svars["params"]), method_state={"ewc": ewc})
+    state = sharding.put_replicated(state, mesh)
+    step = ts.make_train_step(student, teacher, [("ce", 1.0, {}), ("ewc", 500.0, opts)], task, tx, sched,
+                              states=[("ewc", regularizers.EWC, opts)])
+    ewc_losses = []
+    for i in range(3):
+        state, m = step(state, sharding.put_replicated(tvars, mesh), sharding.put_batch(batch, mesh),
+                        jax.random.key(0))
+        ewc_losses.append(float(m["loss_ewc"]))
+    fisher = state.method_state["ewc"]["fisher"]
+    leaf = jax.tree.leaves(fisher)[0]
     print(json.dumps({"devices": jax.device_count(), "loss": losses_out,
-                      "shards": len(sharding.put_batch(batch, mesh)["image"].addressable_shards)}))
+                      "shards": len(sharding.put_batch(batch, mesh)["image"].addressable_shards),
+                      "ewc_loss": ewc_losses, "fisher_sum": float(sum(np.sum(x) for x in jax.tree.leaves(fisher))),
+                      "state_replicated": bool(leaf.sharding.is_fully_replicated)}))
 """)
 
 
@@ -56,3 +78,7 @@ def test_sharded_step_matches_single_device():
   # computed over the global batch in both cases).
   for a, b in zip(one["loss"], eight["loss"]):
     assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (one, eight)
+  # A method's state: replicated, and the same on 8 devices as on 1.
+  assert eight["state_replicated"] and eight["ewc_loss"][0] == 0.0 and eight["ewc_loss"][-1] > 0
+  for a, b in zip(one["ewc_loss"] + [one["fisher_sum"]], eight["ewc_loss"] + [eight["fisher_sum"]]):
+    assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (one, eight)

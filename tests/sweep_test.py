@@ -96,6 +96,9 @@ def test_sharing_decision():
   assert sweep.step0_difference(source.make("lwf_mc", 0), ft) == (
       "trains void pixels as background; step-0 loss bce is not ft's ce")
   assert "joint" in sweep.step0_difference(source.make("joint", 0), ft)
+  # EWC trains step 0 as ft does (its penalty needs a previous model) but accumulates its Fisher there.
+  assert sweep.step0_difference(source.make("ewc", 0), ft) == (
+      "trains void pixels as background; accumulates the state of ewc from step 0")
   # Different step-0 options or another field than the method's are found, too.
   other = source.make("ft", 0)
   other.loss_options.ce = {"reduction": "valid"}

@@ -12,6 +12,8 @@ from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import train
 from incseg_jax import train_step as ts
+from incseg_jax.losses import regularizers
+from incseg_jax.losses import state as state_lib
 
 MODEL = dict(backbone="resnet_small", decoder="deeplab_v3", output_stride=8, aspp_channels=8,
              atrous_rates=(1, 2, 3), small_width=8, small_blocks=(1, 1, 1, 1))
@@ -144,3 +146,65 @@ def test_nonfinite_gradient_alone_is_named_gradient():
 def test_finite_step_counts_nothing():
   _, after, metrics = guarded_step([("ce", 1.0, {})])
   assert metrics["finite"] and int(after.skipped) == 0 and metrics["skipped_batches"] == 0
+
+
+def _stateful_setup():
+  """A step-1 student/teacher pair with EWC's state from a made-up step-0 Fisher."""
+  cfg = ml_collections.ConfigDict(dict(MODEL, bn_frozen=False))
+  teacher, student = models.build_model(cfg, (3,)), models.build_model(cfg, (3, 2))
+  tvars = models.init_variables(teacher, jax.random.key(0), 32)
+  svars = models.add_head(student, tvars, jax.random.key(1), 32)
+  rng = np.random.default_rng(1)
+  previous = {"fisher": jax.tree.map(lambda x: rng.uniform(0.1, 2.0, np.shape(x)).astype(np.float32), tvars["params"])}
+  opts = {"alpha": 0.9, "normalize": True}
+  ctx = state_lib.StateContext(params=svars["params"], teacher_params=tvars["params"], previous=previous, task=None,
+                               options=opts)
+  ewc_state = regularizers.ewc_init(ctx)
+  sched = ts.lr_schedule(0.1, 0.0, 0.9, 10)
+  tx = ts.make_optimizer(OPTIM, sched, svars["params"], ())
+  state = ts.TrainState(step=np.int32(0), params=svars["params"], batch_stats=svars["batch_stats"],
+                        opt_state=tx.init(svars["params"]), method_state={"ewc": ewc_state})
+  task = losses.TaskInfo(index=1, num_channels=5, old_channels=(1, 2), new_channels=(3, 4))
+  step = ts.make_train_step(student, teacher, [("ce", 1.0, {}), ("ewc", 500.0, opts)], task, tx, sched,
+                            states=[("ewc", regularizers.EWC, opts)])
+  batch = {"image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
+           "label": rng.integers(0, 5, size=(4, 32, 32)).astype(np.int32)}
+  return student, svars, tvars, task, state, step, batch
+
+
+def test_state_update_sees_the_forward_gradients_and_the_penalty_trains():
+  student, svars, tvars, task, state, step, batch = _stateful_setup()
+  fisher0 = jax.tree.map(np.array, state.method_state["ewc"]["fisher"])
+  key = jax.random.key(0)
+
+  def ce_only(params):  # the train step's forward loss, rebuilt here: CE alone, without the penalty
+    out, _ = student.apply({"params": params, "batch_stats": svars["batch_stats"]}, batch["image"], train=True,
+                           mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 0)})
+    inputs = losses.LossInputs(student=out, teacher=None, labels=batch["label"], images=batch["image"], task=task)
+    return losses.get("ce")(inputs)
+
+  g = jax.grad(ce_only)(svars["params"])
+  state, metrics = step(state, tvars, batch, key)
+  # Student == teacher on every old parameter at the start: no penalty yet.
+  assert float(metrics["loss_ewc"]) == 0.0 and float(metrics["loss"]) == pytest.approx(float(metrics["loss_ce"]))
+  want = jax.tree.map(lambda f, gi: 0.9 * np.square(np.asarray(gi, np.float64)) + 0.1 * f, fisher0, g)
+  got = state.method_state["ewc"]["fisher"]
+  for (path, w), x in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(np.asarray(x), w, rtol=2e-4, atol=1e-9, err_msg=models.path_str(path))
+  # The new head's Fisher started at ones and is updated too; the importance is not (it is the previous steps').
+  assert "head_1" in got["classifier"] and "head_1" not in state.method_state["ewc"]["importance"]["classifier"]
+  # After one update the old parameters moved, so the penalty is now positive.
+  _, metrics = step(state, tvars, batch, key)
+  assert float(metrics["loss_ewc"]) > 0.0
+  assert float(metrics["loss"]) == pytest.approx(float(metrics["loss_ce"]) + 500 * float(metrics["loss_ewc"]),
+                                                 rel=1e-5)
+
+
+def test_a_skipped_batch_leaves_the_method_state_unchanged():
+  _, _, tvars, _, state, step, batch = _stateful_setup()
+  before = jax.tree.map(np.array, state.method_state)
+  batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+  state, metrics = step(state, tvars, batch, jax.random.key(0))
+  assert not bool(metrics["finite"])
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.method_state)):
+    np.testing.assert_array_equal(a, np.asarray(b))

@@ -230,3 +230,27 @@ def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path):
     res = train.run(config, str(tmp_path / "run"))
   assert seen["images"] >= res["steps"][1]["num_train_images"]  # one epoch of the step's data
   assert jnp.isfinite(res["steps"][1]["metrics"]["pixel_acc"])
+
+
+def test_stateful_method_shares_step_0_only_with_its_own_state(smoke_config, tmp_path):
+  base = str(tmp_path / "ft")
+  train.run(two_step_config(smoke_config), base)
+  ewc = two_step_config(smoke_config, "task=19-1,method=ewc")
+  ewc.init_from = base  # ft's step 0 has no Fisher: EWC's importance would start from nothing
+  with pytest.raises(ValueError, match=r"(?s)state carried from step 0.*none vs \{'ewc'"):
+    train.run(ewc, str(tmp_path / "ewc_from_ft"))
+  own = str(tmp_path / "ewc")
+  first = train.run(two_step_config(smoke_config, "task=19-1,method=ewc"), own)
+  shared = two_step_config(smoke_config, "task=19-1,method=ewc")
+  shared.init_from = own
+  second = train.run(shared, str(tmp_path / "ewc_shared"))
+  assert second["steps"] == [dict(s, seconds=t["seconds"]) for s, t in zip(first["steps"], second["steps"])]
+  # A step-0 checkpoint that lost its state item is named, not silently restarted.
+  step0 = checkpointing.TaskCheckpointer(own, 0, read_only=True)
+  latest = step0.latest_step()
+  step0.close()
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(checkpointing.task_dir(own, 0), str(latest), checkpointing.METHOD_ITEM))
+  shutil.rmtree(checkpointing.task_dir(own, 1))
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"holds no method state.*\['ewc'\]"):
+    train.run(two_step_config(smoke_config, "task=19-1,method=ewc"), own)

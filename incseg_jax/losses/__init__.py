@@ -17,6 +17,8 @@ import jax
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
 _NEEDS_TEACHER: set[str] = set()
+_READS_PARAMS: set[str] = set()
+_STATE: dict[str, Any] = {}  # term name -> its `state.StateRule`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,10 @@ class LossInputs:
     task: static TaskInfo.
     extras: arrays a method computed before the task step (its `prepare`
       hook, e.g. PLOP's per-class entropy thresholds); empty otherwise.
+    params: the student's parameters (the differentiated argument); set for
+      parameter terms only (`register(..., reads_params=True)`).
+    teacher_params: the previous model's parameters; parameter terms only.
+    state: the method's state (`methods.state`), or None.
   """
   student: dict[str, Any]
   teacher: dict[str, Any] | None
@@ -63,15 +69,24 @@ class LossInputs:
   images: jax.Array
   task: TaskInfo
   extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+  params: Any = None
+  teacher_params: Any = None
+  state: Any = None
 
 
-def register(name: str, needs_teacher: bool = False):
+def register(name: str, needs_teacher: bool = False, reads_params: bool = False, state: Any = None):
   """Decorator registering a loss function under `name`.
 
   Args:
     name: the term's config name.
-    needs_teacher: the term reads `inputs.teacher`; it is left out at step 0,
-      where there is no previous model.
+    needs_teacher: the term reads `inputs.teacher` or `inputs.teacher_params`;
+      it is left out at step 0, where there is no previous model.
+    reads_params: a parameter term (a penalty on the weights, e.g. EWC's): it
+      reads `inputs.params`, `inputs.teacher_params` and `inputs.state`, not the
+      forward outputs, and is differentiated apart from the forward terms, so
+      a method's state update sees the forward terms' gradients only.
+    state: a `losses.state.StateRule`: the state the term carries from one task
+      step to the next (`inputs.state` is then this state).
   """
 
   def wrap(fn):
@@ -80,6 +95,10 @@ def register(name: str, needs_teacher: bool = False):
     _REGISTRY[name] = fn
     if needs_teacher:
       _NEEDS_TEACHER.add(name)
+    if reads_params:
+      _READS_PARAMS.add(name)
+    if state is not None:
+      _STATE[name] = state
     return fn
 
   return wrap
@@ -137,5 +156,17 @@ def needs_teacher(name: str) -> bool:
   return name in _NEEDS_TEACHER
 
 
+def reads_params(name: str) -> bool:
+  """Whether the term is a parameter term (see `register`)."""
+  get(name)
+  return name in _READS_PARAMS
+
+
+def state_rule(name: str) -> Any:
+  """The term's `state.StateRule`, or None for a stateless term."""
+  get(name)
+  return _STATE.get(name)
+
+
 # Importing the families registers their terms.
-from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, regularizers  # noqa: E402,F401  pylint: disable=g-import-not-at-top

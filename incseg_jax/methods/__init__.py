@@ -84,6 +84,9 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 
+# Loss terms that classify every pixel; one per method (see `get`).
+CLASSIFICATION_TERMS = ("ce", "unbiased_ce", "plop_ce", "bce")
+
 # Values of the config argument `conventions`: "code" keeps the methods'
 # default options (the public code's), "paper" applies `Method.paper_options`.
 CONVENTION_NAMES = ("code", "paper")
@@ -139,7 +142,9 @@ def get(name: str) -> Method:
   """Returns a method, or the combination `a+b+...` of registered ones.
 
   A combination takes the union of the loss terms (a term named twice must
-  have the same default weight), of their options and paper options (a term's
+  have the same default weight; the plain `ce` is left out when another part
+  brings its own classification term, e.g. `mib+ewc` trains with MiB's
+  unbiased CE), of their options and paper options (a term's
   options given by two parts must be equal), of the frozen prefixes, and at
   most one head initialisation and one label convention.
 
@@ -156,8 +161,13 @@ def get(name: str) -> Method:
     return _REGISTRY[parts[0]]
   ms = [_REGISTRY[p] for p in parts]
   terms: dict[str, float] = {}
+  # A part's own classification loss (MiB's unbiased CE, PLOP's pseudo-labelled
+  # CE, LwF-MC's BCE) replaces the plain CE another part carries (e.g. mib+ewc).
+  replaces_ce = any(t in CLASSIFICATION_TERMS and t != "ce" for m in ms for t in m.losses)
   for m in ms:
     for term, w in m.losses.items():
+      if term == "ce" and replaces_ce:
+        continue
       if term in terms and terms[term] != w and term != "ce":
         raise ValueError(f"method {name!r}: parts give loss {term!r} different weights")
       terms[term] = w
@@ -236,10 +246,16 @@ def active_terms(config: ml_collections.ConfigDict, task_index: int) -> list[tup
           for name, w in config.losses.items() if w and (task_index > 0 or not losses_lib.needs_teacher(name))]
 
 
+def state_terms(config: ml_collections.ConfigDict) -> list[tuple[str, Any, dict[str, Any]]]:
+  """(name, state rule, options) of the terms of `config.losses` (nonzero weight) that carry state across steps."""
+  return [(name, losses_lib.state_rule(name), dict(config.loss_options.get(name, {})))
+          for name, w in config.losses.items() if w and losses_lib.state_rule(name) is not None]
+
+
 def frozen_prefixes(method: Method, config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Parameter prefixes frozen at steps > 0: the method's plus `config.freeze`, without repeats."""
   return tuple(dict.fromkeys(tuple(method.frozen) + tuple(config.freeze)))
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ilt, mib, plop, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ilt, mib, plop, regularizers, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
