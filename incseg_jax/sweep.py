@@ -201,7 +201,12 @@ def _step0_fields(config) -> dict[str, Any]:
 
 
 def _terms(terms) -> str:
-  return " + ".join((f"{w:g}*" if w != 1 else "") + name + (f"{opts}" if opts else "") for name, w, opts in terms)
+  """`w*name{options}` per term, with only the options that differ from the term's defaults."""
+  def shown(name, opts):
+    defaults = losses_lib.option_defaults(name)
+    return {k: v for k, v in opts.items() if k not in defaults or defaults[k] != v}
+  return " + ".join((f"{w:g}*" if w != 1 else "") + name + (f"{shown(name, opts)}" if shown(name, opts) else "")
+                    for name, w, opts in terms)
 
 
 def same_step0_loss(a: Sequence[tuple[str, float, dict[str, Any]]], b: Sequence[tuple[str, float, dict[str, Any]]],

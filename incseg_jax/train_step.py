@@ -116,9 +116,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
                                      extras=extras or {})
       values = {name: fn(_with_state(inputs, method_state, name), **opts) for name, _, fn, opts in fns}
       total = sum(weight * values[name] for name, weight, _, _ in fns)
-      return total, (values, mutated["batch_stats"])
+      # A state update may read the forward outputs (e.g. prototypes from the features).
+      return total, (values, mutated["batch_stats"]) + ((out,) if states else ())
 
-    (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (total, (values, new_stats, *student_out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     forward_grads = grads
     if param_fns:
       # Parameter penalties are differentiated apart, so a state update sees the
@@ -155,9 +156,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       if not states:
         return new_params, opt_state, new_stats
       forward_grads, ms = operands[5:]
-      ms = {name: rule.update(ms[name], state_lib.UpdateInputs(grads=forward_grads, params=params, step=step_index,
-                                                               options=opts))
-            for name, rule, opts in states}
+      seen = state_lib.UpdateInputs(grads=forward_grads, params=params, step=step_index, options={},
+                                    student=jax.lax.stop_gradient(student_out[0]), teacher=teacher_out,
+                                    labels=labels, task=task)
+      ms = {name: rule.update(ms[name], dataclasses.replace(seen, options=opts)) for name, rule, opts in states}
       return new_params, opt_state, new_stats, ms
 
     def keep(operands):

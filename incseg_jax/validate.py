@@ -34,6 +34,7 @@ from incseg_jax import models
 from incseg_jax import sharding
 from incseg_jax import tasks
 from incseg_jax.data import registry
+from incseg_jax.losses import state as state_lib
 from incseg_jax.models import pretrained
 
 NONFINITE_MODES = ("stop", "skip")
@@ -192,11 +193,13 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
   out, _ = jax.eval_shape(lambda x: final.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)},
                                                            x, train=True), images)
   labels = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)
+  states = {}  # term -> its state at the start of step k (for terms that read it in the forward)
   for k in range(exp.num_steps):
     spec = exp.step(k)
     student = _with_channels(out, spec.info.num_channels)
     teacher = _with_channels(out, exp.plan.steps[k - 1].num_channels) if k > 0 else None
     extras = _UnknownExtras() if exp.method.prepare is not None and k > 0 else {}
+    states = _forward_states(exp, spec, states)
     for name, _, opts in spec.terms:
       fn = losses_lib.get(name)
       if losses_lib.reads_params(name):
@@ -209,12 +212,13 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
                            f"({e})") from e
         continue
 
-      def term(s, t, y, x, fn=fn, opts=opts, info=spec.info, extras=extras):
-        inputs = losses_lib.LossInputs(student=s, teacher=t, labels=y, images=x, task=info, extras=extras)
+      def term(s, t, y, x, state, fn=fn, opts=opts, info=spec.info, extras=extras):
+        inputs = losses_lib.LossInputs(student=s, teacher=t, labels=y, images=x, task=info, extras=extras,
+                                       state=state)
         return fn(inputs, **opts)
 
       try:
-        result = jax.eval_shape(term, student, teacher, labels, images)
+        result = jax.eval_shape(term, student, teacher, labels, images, states.get(name))
       except _ExtrasNeeded:
         continue
       except Exception as e:  # pylint: disable=broad-except
@@ -223,6 +227,31 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
       if np.prod(result.shape) != 1:
         raise ValueError(f"loss term {name!r} (options {opts}) returns shape {result.shape} at task step {k}, "
                          "not a scalar")
+
+
+def _forward_states(exp: experiment_lib.Experiment, spec, previous: dict) -> dict:
+  """The start-of-step states of the stateful terms that are forward terms, by their rules' own `init`.
+
+  Built from zero parameters of the step's (and the teacher's) shapes, chained
+  from step to step as training chains them, so a term is traced on a state
+  of the shapes it will get. Parameter terms are not traced here (see
+  `_check_loss_terms`), so their states are not built.
+  """
+  out = {}
+  for name, rule, opts in spec.states:
+    if losses_lib.reads_params(name):
+      continue
+    zeros = lambda model: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),  # calloc: no memory touched
+                                       models.abstract_variables(model, exp.config.input.crop_size)["params"])
+    ctx = state_lib.StateContext(params=zeros(spec.model),
+                                 teacher_params=zeros(spec.teacher_model) if spec.teacher_model is not None else None,
+                                 previous=previous.get(name), task=spec.info, options=opts)
+    try:
+      out[name] = rule.init(ctx)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"config.loss_options.{name}={opts}: the state of loss term {name!r} cannot be built at "
+                       f"task step {spec.index}: {type(e).__name__}: {_first_line(e)}") from e
+  return out
 
 
 def _first_line(e: Exception) -> str:

@@ -19,6 +19,7 @@ from incseg_jax import checkpointing
 from incseg_jax import config_lib
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import files
+from incseg_jax import losses
 from incseg_jax import methods
 
 CONFIG_FILE = "config.json"
@@ -74,11 +75,15 @@ def config_differences(config, saved_text: str) -> list[str]:
   """The fields that make `config` another experiment than the saved config.json text.
 
   Fields that do not change results (`config_lib.VOLATILE_FIELDS`) are left
-  out; a field added since the file was saved counts as equal at its default.
+  out; a field added since the file was saved counts as equal at its default
+  (a loss option: at the term's keyword default).
   """
   saved = config_lib.experiment_fields(config_lib.from_json(saved_text))
-  return files.json_diff(saved, config_lib.experiment_fields(config), defaults=config_lib.defaults_dict(),
-                         elementwise=False)
+  defaults = config_lib.defaults_dict()
+  # A loss option added since the file was saved counts as equal at the term's default.
+  defaults["loss_options"] = {term: losses.option_defaults(term) for term in config.loss_options
+                              if term in losses.names()}
+  return files.json_diff(saved, config_lib.experiment_fields(config), defaults=defaults, elementwise=False)
 
 
 def read_config(workdir: str, flag: str = "--workdir"):

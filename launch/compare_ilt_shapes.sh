@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The first paper's methods on `shapes`, sequential setting ("incremental
-# learning": old classes keep their labels), scenarios 15-1 and 19-1, one
+# learning": old classes keep their labels), scenarios 15-1 and 19-1, scored
+# on the held-out `test` split, one
 # `python -m incseg_jax.sweep` per scenario (seeds $SEEDS, default 0;
 # $PARALLEL runs at once, default 1). Every method here trains step 0 as ft
 # does, so all start from the ft run's step-0 model of their seed; joint is
@@ -20,7 +21,7 @@ for task in 15-1 19-1; do
   dir="$out/$task"
   python -m incseg_jax.sweep --config=configs/shapes.py:task=$task,setting=sequential \
     --methods="$(IFS=,; echo "${methods[*]}")" --seeds="$seeds" --parallel="${PARALLEL:-1}" \
-    --workdir="$dir" "$@" || status=1
+    --workdir="$dir" --config.dataset.eval_split=test "$@" || status=1
   runs=()
   for m in "${methods[@]}"; do
     [ -f "$dir/$m/seed_${seeds%%,*}/results.json" ] && runs+=("$dir/$m/seed_${seeds%%,*}")

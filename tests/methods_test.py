@@ -24,10 +24,10 @@ COMBINATIONS = ("ef+kd_cls", "ef+kd_cls_t", "e2lf+kd_enc", "kd_enc+kd_dec", "ef+
 
 
 def expected_options(method: methods.Method, conventions: str) -> dict:
-  """config.loss_options as a dict: the method's defaults, PAPER over them for `paper`."""
+  """config.loss_options as a dict: every option's default, the method's over them, PAPER over those for `paper`."""
   out = {}
   for term in method.losses:
-    opts = dict(method.options.get(term, {}))
+    opts = dict(losses.option_defaults(term), **method.options.get(term, {}))
     if conventions == "paper":
       opts.update(PAPER.get(term, {}))
     out[term] = opts
@@ -53,10 +53,11 @@ def test_paper_options_are_the_documented_ones(name):
 
 def test_paper_options_change_only_what_the_paper_writes():
   # Spot checks of the table above against the methods' defaults.
-  assert applied("kd_cls_t", "paper").loss_options.kd_cls_t.to_dict() == {
-      "student_softmax": "all", "pixels": "all", "reduction": "sum", "temperature": 10.0}
+  kd_cls_t = applied("kd_cls_t", "paper").loss_options.kd_cls_t.to_dict()
+  assert kd_cls_t == dict(losses.option_defaults("kd_cls_t"), student_softmax="all", pixels="all", reduction="sum",
+                          temperature=10.0)
   assert applied("ilt", "paper").loss_options.kd_enc.reduction == "sum"
-  assert applied("ilt", "paper").loss_options.lwf.to_dict() == {}
+  assert applied("ilt", "paper").loss_options.lwf.to_dict() == losses.option_defaults("lwf")
   assert applied("mib_ucd", "paper").loss_options.unbiased_kd.class_reduction == "sum"
   assert applied("plop_ucd", "paper").loss_options.ucd.denominator == "negatives"
   assert applied("plop", "paper").loss_options.to_dict() == applied("plop", "code").loss_options.to_dict()

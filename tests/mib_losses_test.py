@@ -113,6 +113,59 @@ def reference_lwf_mc_kd(student, teacher, n_old):
   return n_old * np_bce(student[..., :n_old], np_sigmoid(teacher)).mean()
 
 
+def np_logsumexp(z):
+  z = np.asarray(z, np.float64)
+  top = z.max(-1, keepdims=True)
+  return (top + np.log(np.exp(z - top).sum(-1, keepdims=True)))[..., 0]
+
+
+def code_unbiased_kd(student, teacher, labels, n_old, alpha=1.0, kd_mask=None, adaptive=False):
+  """The PLOP / UCD code's unbiased KD with its `--alpha`, `--kd_mask`, `--kd_mask_adaptative_factor`, float64.
+
+  Transcribed (channels last) from PLOP's utils/loss.py 408-447
+  (`UnbiasedKnowledgeDistillationLoss`, reduction "none"; MiB's utils/loss.py
+  139-172 is the same class) and the mask handling of its train.py 366-405.
+  """
+  student, teacher = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+  n = student.shape[-1]
+  new_cl = n - teacher.shape[-1]
+  targets = teacher * alpha
+  new_bkg_idx = [0] + list(range(targets.shape[-1], n))
+  den = np_logsumexp(student)
+  outputs_no_bgk = student[..., 1:-new_cl] - den[..., None]
+  outputs_bkg = np_logsumexp(student[..., new_bkg_idx]) - den
+  p = np_softmax(targets)
+  loss = (p[..., 0] * outputs_bkg + (p[..., 1:] * outputs_no_bgk).sum(-1)) / targets.shape[-1]
+  mask = {None: None, "oldbackground": labels < n_old, "new": labels >= n_old}[kd_mask]
+  if mask is not None:
+    loss = loss * mask
+  lkd = -loss
+  if mask is not None and adaptive:
+    lkd = lkd.mean(axis=(1, 2)) * mask.astype(np.float64).mean(axis=(1, 2))
+  return lkd.mean()
+
+
+def code_kd(student, teacher, alpha=1.0):
+  """The MiB code's `KnowledgeDistillationLoss` (its utils/loss.py 112-136; LwF), float64."""
+  inputs = np.asarray(student, np.float64)[..., :teacher.shape[-1]]
+  outputs = inputs - np_logsumexp(inputs)[..., None]
+  labels = np_softmax(np.asarray(teacher, np.float64) * alpha)
+  return -(outputs * labels).mean(-1).mean()
+
+
+def code_icarl(student, teacher, labels, bkg=False):
+  """The MiB code's `IcarlLoss` (its utils/loss.py 57-86) as its train.py 102-107 calls it, float64."""
+  n = student.shape[-1]
+  labels_new = np.where(labels != IGNORE, labels, n)
+  targets = np.eye(n + 1)[labels_new][..., :n]
+  output_old = np_sigmoid(teacher)
+  if bkg:
+    targets[..., 1:output_old.shape[-1]] = output_old[..., 1:]
+  else:
+    targets[..., :output_old.shape[-1]] = output_old
+  return np_bce(student, targets).sum(-1).mean()
+
+
 def loss(name, inputs, **options):
   return float(losses.get(name)(inputs, **options))
 
@@ -175,6 +228,79 @@ def test_distillation_terms_ignore_labels():
     a = loss(name, make_inputs(student, teacher, labels, n_old, n))
     b = loss(name, make_inputs(student, teacher, np.full_like(labels, IGNORE), n_old, n))
     assert a == b, name
+
+
+KD_CODE_OPTIONS = [
+    {"alpha": 2.5},
+    {"mask": "oldbackground"},
+    {"mask": "new"},  # the ignore label (255 >= N_old) counts as new
+    {"mask": "new", "mask_adaptive_factor": True},
+    {"mask": "oldbackground", "mask_adaptive_factor": True, "alpha": 0.5},
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", KD_CODE_OPTIONS)
+def test_unbiased_kd_code_options_match_the_code(shape, options):
+  student, teacher, labels = random_case(8, shape)
+  n_old, n = shape[3:]
+  inputs = make_inputs(student, teacher, labels, n_old, n)
+  want = code_unbiased_kd(student, teacher, labels, n_old, alpha=options.get("alpha", 1.0),
+                          kd_mask=options.get("mask"), adaptive=options.get("mask_adaptive_factor", False))
+  np.testing.assert_allclose(loss("unbiased_kd", inputs, **options), want, RTOL, ATOL)
+  assert abs(loss("unbiased_kd", inputs) - want) > 1e-4  # the options matter on this input
+  np.testing.assert_allclose(loss("unbiased_kd", inputs), code_unbiased_kd(student, teacher, labels, n_old), RTOL, ATOL)
+
+
+def test_unbiased_kd_mask_adaptive_factor_needs_a_mask_and_bad_masks_raise():
+  student, teacher, labels = random_case(9, SHAPES[1])
+  inputs = make_inputs(student, teacher, labels, *SHAPES[1][3:])
+  assert loss("unbiased_kd", inputs, mask_adaptive_factor=True) == loss("unbiased_kd", inputs)
+  with pytest.raises(ValueError, match="mask='old'"):
+    loss("unbiased_kd", inputs, mask="old")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lwf_alpha_matches_the_code(shape):
+  student, teacher, labels = random_case(10, shape)
+  n_old, n = shape[3:]
+  inputs = make_inputs(student, teacher, labels, n_old, n)
+  np.testing.assert_allclose(loss("lwf", inputs), code_kd(student, teacher), RTOL, ATOL)
+  for alpha in (0.5, 3.0):
+    want = code_kd(student, teacher, alpha)
+    np.testing.assert_allclose(loss("lwf", inputs, alpha=alpha), want, RTOL, ATOL)
+    assert abs(loss("lwf", inputs) - want) > 1e-4
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("background_from_labels", [False, True])
+def test_icarl_matches_the_code(shape, background_from_labels):
+  student, teacher, labels = random_case(11, shape)
+  n_old, n = shape[3:]
+  inputs = make_inputs(student, teacher, labels, n_old, n)
+  want = code_icarl(student, teacher, labels, bkg=background_from_labels)
+  np.testing.assert_allclose(loss("icarl", inputs, background_from_labels=background_from_labels), want, RTOL, ATOL)
+  # Not the BCE + LwF-MC distillation of `lwf_mc` (the code's `--icarl` without `--icarl_disjoint`).
+  assert abs(loss("bce", inputs) + loss("lwf_mc_kd", inputs) - want) > 1e-3
+
+
+def test_icarl_hand_computed_and_step_0():
+  # One pixel, N_old = 2, N = 3, zero student logits: every channel costs
+  # -(y log 1/2 + (1 - y) log 1/2) = log 2 whatever the target.
+  z = np.zeros((1, 1, 1, 3))
+  teacher = np.array([[[[2.0, -1.0]]]])
+  np.testing.assert_allclose(loss("icarl", make_inputs(z, teacher, np.array([[[2]]]), 2, 3)), 3 * math.log(2), RTOL)
+  # Student = teacher on the old channels, new channel -> label: BCE(x, sigmoid(x)) is the
+  # binary entropy of sigmoid(x), the new channel (x = 30, label 2) ~ 0.
+  z = np.array([[[[2.0, -1.0, 30.0]]]])
+  s = np_sigmoid(np.array([2.0, -1.0]))
+  entropy = -(s * np.log(s) + (1 - s) * np.log(1 - s)).sum()
+  np.testing.assert_allclose(loss("icarl", make_inputs(z, teacher, np.array([[[2]]]), 2, 3)), entropy, 1e-5)
+  # At step 0 (no teacher) the term is the code's BCE criterion, our `bce`.
+  student, _, labels = random_case(12, (2, 3, 4, 1, 4))
+  inputs = make_inputs(student, None, labels, 1, 4, index=0)
+  np.testing.assert_allclose(loss("icarl", inputs), loss("bce", inputs), RTOL, ATOL)
+  assert not losses.needs_teacher("icarl")
 
 
 def test_needs_teacher_flags():
@@ -273,6 +399,9 @@ def test_presets():
   assert mib.paper_options == {"unbiased_kd": {"class_reduction": "sum"}}
   assert methods.get("mib_ucd").paper_options["unbiased_kd"] == {"class_reduction": "sum"}
   assert "ilt" in methods.names()  # still the ILT module's
+  icarl = methods.get("icarl")
+  assert dict(icarl.losses) == {"icarl": 1.0} and icarl.options == {"icarl": {"background_from_labels": False}}
+  assert icarl.void_as_background and icarl.unseen_eval == "ignore" and icarl.head_init is None
 
 
 # ----------------------------------------------------------------------------------------

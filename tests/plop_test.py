@@ -68,8 +68,13 @@ def np_local_pod(x_bhwc, scales):
 
 
 def np_pod(student, teacher, n_old, n, n_new, scales=(1, 2, 4), logits_weight=0.05, layers=LAYERS,
-           class_schedule=True, squared=False):
-  """Eq. 18 with the code's conventions (reference_code.md §12), float64."""
+           class_schedule=True, squared=False, logits_weight_on_last=False):
+  """Eq. 18 with the code's conventions (reference_code.md §12), float64.
+
+  `logits_weight_on_last`: as the code's `features_distillation`, the small
+  factor of `pod_options["switch"]["after"]` goes to the last map of the
+  list (`i == len(list_attentions_a) - 1`), whatever it is.
+  """
 
   def maps(layer):
     if layer.startswith("stage"):
@@ -83,11 +88,12 @@ def np_pod(student, teacher, n_old, n, n_new, scales=(1, 2, 4), logits_weight=0.
     return folded, teacher["logits_os"]
 
   total = 0.0
-  for layer in layers:
+  for i, layer in enumerate(layers):
     a, b = maps(layer)
     d = np_local_pod(a, scales) - np_local_pod(b, scales)
     per_image = (d**2).sum(1) if squared else np.sqrt((d**2).sum(1))
-    total += (logits_weight if layer == "logits" else 1.0) * per_image.mean()
+    last = i == len(layers) - 1
+    total += (logits_weight if (last if logits_weight_on_last else layer == "logits") else 1.0) * per_image.mean()
   factor = math.sqrt(n / n_new) if class_schedule else 1.0
   return factor * total / len(layers)
 
@@ -150,6 +156,8 @@ POD_OPTIONS = [
     {},
     {"layers": ("stage2", "logits"), "squared": True, "logits_weight": 0.3},
     {"scales": (1, 2), "class_schedule": False, "layers": ("aspp", "stage1", "logits")},
+    {"layers": ("stage1", "stage2", "aspp"), "logits_weight_on_last": True},  # PLOP without pod_logits
+    {"layers": ("logits", "aspp"), "logits_weight_on_last": True, "logits_weight": 0.3},
 ]
 
 
@@ -220,6 +228,23 @@ def test_pod_folds_new_logits_into_background_by_summing():
   full = float(losses.get("pod")(inputs(s), layers=("logits",), logits_weight=1.0))
   assert small > 0
   np.testing.assert_allclose(full, 20 * small, rtol=1e-6)  # default logits weight 0.05
+
+
+def test_pod_logits_weight_on_last_map():
+  # The code's last-map factor: without the logits its 0.0005 goes to the ASPP output.
+  rng = np.random.default_rng(7)
+  student, teacher = random_forward(rng, 2, (8, 8), 5), random_forward(rng, 2, (8, 8), 3)
+  inputs = make_inputs(student, teacher, np.zeros((2, 4, 4)), make_task(3, 5))
+  pod = losses.get("pod")
+  per_layer = {layer: float(pod(inputs, layers=(layer,), class_schedule=False)) for layer in LAYERS}
+  no_logits = ("stage1", "stage2", "stage3", "stage4", "aspp")
+  code = float(pod(inputs, layers=no_logits, class_schedule=False, logits_weight_on_last=True))
+  ours = float(pod(inputs, layers=no_logits, class_schedule=False))
+  np.testing.assert_allclose(code, (sum(per_layer[name] for name in no_logits[:-1]) + 0.05 * per_layer["aspp"]) / 5,
+                             rtol=1e-5)
+  np.testing.assert_allclose(ours, sum(per_layer[name] for name in no_logits) / 5, rtol=1e-5)
+  # With the logits last (the plop preset) the option changes nothing.
+  np.testing.assert_allclose(float(pod(inputs, logits_weight_on_last=True)), float(pod(inputs)), rtol=1e-6)
 
 
 def test_pod_rejects_empty_regions():
@@ -385,7 +410,8 @@ class FakeContext:
       yield {"image": np.full(labels.shape + (3,), k, np.float32), "label": labels}
 
 
-def fake_context(**plop_ce_options):
+def fake_context(old_labels=(), **plop_ce_options):
+  """Two batches; `old_labels`: old-class ids the labels also hold (sequential + labeling=keep)."""
   rng = np.random.default_rng(6)
   n_old = 4
   logits, labels = [], []
@@ -394,16 +420,17 @@ def fake_context(**plop_ce_options):
     z[..., 3] -= 100  # class 3 is never the argmax -> the floor
     z[:, :2, :, 2] += 30  # very confident class 2 in the first rows: its median falls under the floor
     logits.append(z)
-    labels.append(rng.choice([0, 0, 0, 4, IGNORE], size=(2, 6, 6)))
+    labels.append(rng.choice([0, 0, 0, 4, IGNORE] + list(old_labels), size=(2, 6, 6)))
   return FakeContext(logits, labels, **plop_ce_options)
 
 
-def expected_thresholds(ctx, histogram_bug=False):
+def expected_thresholds(ctx, histogram_bug=False, background_only=True):
+  """The thresholds over the pixels labelled 0 (the code's pre-pass), or labelled < N_old (`background_only=False`)."""
   n_old = ctx.task.num_old_channels
   values = {c: [] for c in range(n_old)}
   for z, labels in zip(ctx.logits, ctx.labels):
     ent, arg = np_entropy(z, ctx.task.num_channels), z.argmax(-1)
-    bg = labels == 0
+    bg = labels == 0 if background_only else (labels < n_old) & (labels != IGNORE)
     for c in range(n_old):
       values[c].extend(ent[bg & (arg == c)])
   out = []
@@ -432,6 +459,27 @@ def test_prepare_hook_on_fake_context():
   buggy = np.asarray(plop_method.plop_prepare(fake_context(histogram_median=True))["plop_thresholds"])
   np.testing.assert_allclose(buggy, expected_thresholds(ctx, histogram_bug=True), rtol=1e-5)
   assert not np.allclose(buggy, thresholds)
+
+
+def test_prepare_hook_median_background_only():
+  # Labels that keep old-class ids (sequential + labeling=keep): the train step
+  # relabels them (label < N_old), the code's pre-pass counts only label 0.
+  ctx = fake_context(old_labels=(1, 2, 3))
+  ours = np.asarray(plop_method.plop_prepare(ctx)["plop_thresholds"])
+  np.testing.assert_allclose(ours, expected_thresholds(ctx, background_only=False), rtol=1e-5)
+  code_ctx = fake_context(old_labels=(1, 2, 3), median_background_only=True)
+  code = np.asarray(plop_method.plop_prepare(code_ctx)["plop_thresholds"])
+  np.testing.assert_allclose(code, expected_thresholds(ctx, background_only=True), rtol=1e-5)
+  assert not np.allclose(code, ours)
+  # Without old-class labels (overlapped / disjoint) both count the same pixels.
+  np.testing.assert_array_equal(np.asarray(plop_method.plop_prepare(fake_context(median_background_only=True))
+                                           ["plop_thresholds"]),
+                                np.asarray(plop_method.plop_prepare(fake_context())["plop_thresholds"]))
+  # plop_ce accepts the option (read by the hook only).
+  teacher, labels, thresholds = hand_built_example()
+  inputs = make_inputs({"logits": jnp.zeros((2, 2, 3, 4))}, {"logits": jnp.asarray(teacher, jnp.float32)}, labels,
+                       make_task(3, 4), {"plop_thresholds": jnp.asarray(thresholds)})
+  assert float(losses.get("plop_ce")(inputs, median_background_only=True)) == float(losses.get("plop_ce")(inputs))
 
 
 def test_plop_method_preset():

@@ -254,3 +254,14 @@ def test_stateful_method_shares_step_0_only_with_its_own_state(smoke_config, tmp
   shutil.rmtree(checkpointing.task_dir(own, 1))
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"holds no method state.*\['ewc'\]"):
     train.run(two_step_config(smoke_config, "task=19-1,method=ewc"), own)
+
+
+def test_a_loss_option_added_since_a_config_was_saved_counts_at_its_default(smoke_config):
+  from incseg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = smoke_config("task=19-1,method=plop")
+  saved = json.loads(config_lib.to_json(config))
+  del saved["loss_options"]["pod"]["logits_weight_on_last"]  # an option of a later version
+  assert workdir_lib.config_differences(config, json.dumps(saved)) == []
+  config.loss_options.pod.logits_weight_on_last = True  # ... set to something else than its default
+  assert workdir_lib.config_differences(config, json.dumps(saved)) == [
+      "loss_options.pod.logits_weight_on_last: '<absent>' vs True"]

@@ -5,9 +5,12 @@ map, anchor / contrast sets, positives / negatives, log-contrast, sigma),
 independently of the JAX code; the dense JAX loss is checked against it and
 the blockwise loss (the registered term) against the dense one, in value and
 gradient, for every option (the reference-code switches included). The invariance tests mostly use the
-dense form, to share its compilations with the reference test.
+dense form, to share its compilations with the reference test. `np_ucd_code` transcribes the public
+code itself (PLOP's pseudo-labels, `pre_contrastive_pixel` v2, `PixelConLossV2`), which the term
+computes with its five reference-code switches on.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -19,6 +22,7 @@ import pytest
 from incseg_jax import losses
 from incseg_jax import methods
 from incseg_jax.losses import contrastive  # registers the "ucd" term
+from incseg_jax.losses import plop as plop_losses
 from incseg_jax.methods import ucd as ucd_method  # registers the "ucd" and "cd" methods
 
 IGNORE = 255
@@ -84,7 +88,7 @@ def np_bilinear_int8(labels, h, w):
 
 def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=True, background_in_contrast=False,
                   old_features=True, old_features_at_new=False, denominator="positive_and_negatives",
-                  unshifted=False):
+                  unshifted=False, old_features_at="old_class", min_label_weights=False):
   """Eqs. 2-11 in float64 with Python loops over anchors and contrast entries.
 
   Args:
@@ -92,7 +96,7 @@ def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=
     logits: (B, h, w, N_old) old-model logits.
     labels_os: (B, h, w) labels already at feature resolution.
     n: current channel count.
-    tau ... unshifted: as the loss options (`unshifted`: `unshifted_negatives`).
+    tau ... min_label_weights: as the loss options (`unshifted`: `unshifted_negatives`).
 
   Returns:
     A Python float.
@@ -119,10 +123,18 @@ def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=
       pbar[p] = np.eye(n)[label]
   anchors = [p for p in ext if ext[p] != 0 or background_in_contrast]  # Eq. 3
 
-  def old_entry(c):  # Eq. 4 and the Table 7 switches.
-    return (1 <= c < n_old) or (c == 0 and background_in_contrast) or (c >= n_old and old_features_at_new)
+  def old_entry(p):  # Eq. 4 and the Table 7 switches.
+    c = ext[p]
+    if old_features_at == "old_class":
+      base = 1 <= c < n_old
+    else:  # the public code: resized label background, extended label not
+      base = y[p] == 0 and c != 0
+    return base or (c == 0 and background_in_contrast) or (c >= n_old and old_features_at_new)
 
-  olds = [p for p in ext if old_features and old_entry(ext[p])]
+  # The public code's `min_new_classes`: the smallest positive label at feature resolution.
+  positive_labels = [label for label in y if label != IGNORE and label > 0]
+  min_label = min(positive_labels) if positive_labels else np.inf
+  olds = [p for p in ext if old_features and old_entry(p)]
   contrast = [(unit(new_f[r]), r, "new") for r in anchors] + [(unit(old_f[s]), s, "old") for s in olds]
   per_anchor = []
   for a in anchors:
@@ -143,6 +155,8 @@ def reference_ucd(student, teacher, logits, labels_os, n, tau=0.07, uncertainty=
       else:
         lc = np.log(num / neg_sum) if negatives else 0.0
       sigma = float(pbar[a] @ pbar[g]) if uncertainty else 1.0  # Eq. 10
+      if uncertainty and min_label_weights and ext[a] >= min_label and ext[g] >= min_label:
+        sigma = 1.0
       total += sigma * lc
     per_anchor.append(-total / len(positives))  # Eq. 11
   return float(np.mean(per_anchor)) if per_anchor else 0.0
@@ -189,6 +203,11 @@ REFERENCE_CASES = [
     {"temperature": 0.01},  # stable at a small temperature
     {"unshifted_negatives": True},
     {"bilinear_labels": True},
+    {"old_features_at": "background_label"},
+    {"old_features_at": "background_label", "bilinear_labels": True, "old_features_at_new": True},
+    {"min_label_weights": True},
+    {"min_label_weights": True, "bilinear_labels": True, "background_in_contrast": True},
+    {"min_label_weights": True, "uncertainty": False},
 ]
 
 
@@ -241,6 +260,7 @@ BLOCK_CASES = [
     (1, {"background_in_contrast": True, "unshifted_negatives": True}),
     (5, {"denominator": "negatives", "old_features_at_new": True, "bilinear_labels": True}),
     (1024, {"uncertainty": False}),  # one block larger than the pixel count
+    (6, {"min_label_weights": True, "old_features_at": "background_label", "bilinear_labels": True}),
 ]
 
 
@@ -375,6 +395,153 @@ def test_unshifted_negatives_weighs_negatives_more():
 
 
 # ----------------------------------------------------------------------------------------
+# The UCD code built on PLOP's (ygjwd12345/UCD, first commit 51b783a): PLOP's
+# pseudo-labels, old features at background labels, pair weights forced to 1
+# ----------------------------------------------------------------------------------------
+
+
+def np_plop_pseudo_labels(labels, teacher_full, thresholds, n_old, n):
+  """The code's in-place relabelling before the losses (its train.py 236-269), float64."""
+  p = np_softmax(np.asarray(teacher_full, np.float64))
+  entropy = -(p * np.log(p + 1e-8)).mean(-1) / np.log(n_old + 1e-8) / np.log(n)
+  arg = p.argmax(-1)
+  background = labels < n_old
+  ok = entropy < thresholds[arg]
+  out = labels.copy()
+  out[~ok & background] = IGNORE
+  out[ok & background] = arg[ok & background]
+  return out, entropy
+
+
+def np_ucd_code(student, teacher, logits_os, label_n, tau=0.07):
+  """The code's `pre_contrastive_pixel` (version 'v2') + `PixelConLossV2`, float64.
+
+  Transcribed from its utils/loss.py (lines 543-587 and 594-657 at 51b783a;
+  utils/utils.py 349-393 at HEAD), on labels already brought to feature
+  resolution (its lines 453-462: `np_bilinear_int8`).
+  """
+  d, n_old = student.shape[-1], logits_os.shape[-1]
+  label_n = label_n.reshape(-1)
+  mask_new_classes = label_n > 0
+  min_new_classes = label_n[mask_new_classes].min()
+  label_po = logits_os.reshape(-1, n_old).argmax(-1)
+  label_ = np.where(label_n == 0, label_po, label_n)
+  anchor_rows, old_rows = label_ > 0, (label_ > 0) & ~mask_new_classes
+  label_anchor = label_[anchor_rows]
+  label_contrast = np.concatenate([label_anchor, label_[old_rows]])
+
+  def normalize(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+  out_anchor = normalize(student.reshape(-1, d).astype(np.float64)[anchor_rows])
+  out_contrast = np.concatenate([out_anchor, normalize(teacher.reshape(-1, d).astype(np.float64)[old_rows])])
+  l_po = np_softmax(logits_os.reshape(-1, n_old).astype(np.float64))
+  jm_p = l_po[anchor_rows] @ np.concatenate([l_po[anchor_rows], l_po[old_rows]]).T
+  jm_p[(label_anchor[:, None] >= min_new_classes) & (label_contrast[None, :] >= min_new_classes)] = 1.0
+  # PixelConLossV2.forward
+  r = (label_anchor[:, None] == label_contrast[None, :]).astype(np.float64)
+  mask_p = r.copy()
+  mask_p[:, :len(label_anchor)] -= np.eye(len(label_anchor))
+  mask_n = 1 - r
+  adc = out_anchor @ out_contrast.T / tau
+  neg_contrast = (np.exp(adc) * mask_n).sum(1, keepdims=True)
+  adc = adc - adc.max(1, keepdims=True)
+  pos_contrast = np.log(np.exp(adc)) * mask_p * jm_p - np.log(np.exp(adc) + neg_contrast) * mask_p * jm_p
+  num = mask_p.sum(1)
+  return float(-(pos_contrast.sum(1)[num != 0] / num[num != 0]).mean())
+
+
+def plop_case(seed):
+  """random_case plus the old model's full-resolution logits and entropy thresholds well clear of every pixel."""
+  case = random_case(seed, p_old_gt=0.1)
+  b, h, w, _, n_old, n = SHAPE
+  rng = np.random.default_rng(100 + seed)
+  case["full_logits"] = rng.normal(size=(b, 2 * h, 2 * w, n_old)) * rng.uniform(0.5, 5, size=(b, 2 * h, 2 * w, 1))
+  _, entropy = np_plop_pseudo_labels(case["labels"], case["full_logits"], np.zeros(n_old), n_old, n)
+  arg = case["full_logits"].argmax(-1)
+  thresholds = []
+  for c in range(n_old):  # halfway between two entropies of class c near its median
+    v = np.sort(entropy[arg == c])
+    k = len(v) // 2
+    thresholds.append((v[k - 1] + v[k]) / 2)
+  case["thresholds"] = np.asarray(thresholds)
+  assert np.abs(entropy - case["thresholds"][arg]).min() > 1e-6
+  return case
+
+
+def plop_inputs(case):
+  """LossInputs as `plop_ucd` gives them: the teacher's full-resolution logits and PLOP's thresholds too."""
+  inputs = make_inputs(case["student"], case["teacher"], case["logits"], case["labels"], case["n"])
+  teacher = dict(inputs.teacher, logits=jnp.asarray(case["full_logits"], jnp.float32))
+  return dataclasses.replace(inputs, teacher=teacher,
+                             extras={"plop_thresholds": jnp.asarray(case["thresholds"], jnp.float32)})
+
+
+# The five switches that together compute the PLOP-based UCD code.
+CODE_OPTIONS = {"pseudo_labels": True, "old_features_at": "background_label", "min_label_weights": True,
+                "bilinear_labels": True, "unshifted_negatives": True}
+_ARRAYS = ("student", "teacher", "logits", "labels", "full_logits", "thresholds")
+
+
+@functools.partial(jax.jit, static_argnames=("n", "kind", "options"))
+def _plop_value(arrays, n, kind, options):
+  fn = contrastive.ucd_dense_loss if kind == "dense" else contrastive.ucd_loss
+  return fn(plop_inputs(dict(arrays, n=n)), **dict(options))
+
+
+def plop_loss(case, kind="blockwise", **options):
+  arrays = {k: jnp.asarray(case[k], jnp.int32 if k == "labels" else jnp.float32) for k in _ARRAYS}
+  return float(_plop_value(arrays, n=case["n"], kind=kind, options=tuple(sorted(options.items()))))
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_plop_based_code_transcription(seed):
+  case = plop_case(seed)
+  h, w = case["student"].shape[1:3]
+  n_old = case["logits"].shape[-1]
+  pseudo, _ = np_plop_pseudo_labels(case["labels"], case["full_logits"], case["thresholds"], n_old, case["n"])
+  assert (pseudo[case["labels"] == 0] == IGNORE).any() and (pseudo[case["labels"] == 0] > 0).any()
+  expected = np_ucd_code(case["student"], case["teacher"], case["logits"], np_bilinear_int8(pseudo, h, w))
+  for kind in ("dense", "blockwise"):
+    np.testing.assert_allclose(plop_loss(case, kind, **CODE_OPTIONS), expected, rtol=1e-4)
+  # Each of the three PLOP-UCD switches is needed to get the code's value.
+  for name, off in (("pseudo_labels", False), ("old_features_at", "old_class"), ("min_label_weights", False)):
+    assert plop_loss(case, **dict(CODE_OPTIONS, **{name: off})) != pytest.approx(expected, rel=1e-3), name
+
+
+def test_pseudo_labels_with_nearest_labels_matches_reference():
+  # PLOP's pseudo-labels, then the equations on them (nearest resizing keeps the
+  # rejected pixels ignored): the reference on the numpy pseudo-labels.
+  case = plop_case(22)
+  n_old = case["logits"].shape[-1]
+  pseudo, _ = np_plop_pseudo_labels(case["labels"], case["full_logits"], case["thresholds"], n_old, case["n"])
+  for options in ({}, {"old_features_at": "background_label", "min_label_weights": True}):
+    expected = reference_ucd(case["student"], case["teacher"], case["logits"], labels_at_features(pseudo), case["n"],
+                             **options)
+    np.testing.assert_allclose(plop_loss(case, "dense", pseudo_labels=True, **options), expected, rtol=1e-4)
+    assert plop_loss(case, "dense", **options) != pytest.approx(expected, rel=1e-3)
+
+
+def test_pseudo_labels_are_plop_ce_ones():
+  case = plop_case(23)
+  inputs = plop_inputs(case)
+  targets, _ = plop_losses.pseudo_labels(inputs.labels, inputs.teacher["logits"], inputs.extras["plop_thresholds"],
+                                         inputs.task)
+  np.testing.assert_array_equal(np.asarray(contrastive.training_labels(inputs, pseudo_labels=True)), targets)
+  assert contrastive.training_labels(inputs) is inputs.labels
+  with pytest.raises(ValueError, match="plop_thresholds"):
+    contrastive.ucd_loss(dataclasses.replace(inputs, extras={}), pseudo_labels=True)
+
+
+def test_min_label_weights_without_positive_label_forces_nothing():
+  # Every label background: no forced pair (the code fails on the empty minimum).
+  case = random_case(24)
+  case["labels"] = np.where(case["labels"] == IGNORE, IGNORE, 0)
+  assert loss_value(case, min_label_weights=True) == pytest.approx(loss_value(case), rel=1e-6)
+  assert loss_value(case) > 0
+
+
+# ----------------------------------------------------------------------------------------
 # Ablation options (Table 7)
 # ----------------------------------------------------------------------------------------
 
@@ -435,7 +602,9 @@ def test_registered_term_and_presets():
     config = ml_collections.ConfigDict({"method": "cd", "losses": {}, "loss_options": {}, "task": "15-1"})
     methods.apply_to_config(config, conventions)
     assert dict(config.losses) == {"ce": 1.0, "ucd": 0.01}
-    assert config.loss_options.ucd.to_dict() == dict(ucd_method.UCD_OPTIONS, uncertainty=False, denominator=denominator)
+    want = {**losses.option_defaults("ucd"), **ucd_method.UCD_OPTIONS, "uncertainty": False,
+            "denominator": denominator}
+    assert config.loss_options.ucd.to_dict() == want
 
 
 def test_reference_switches_are_options_off_by_default():

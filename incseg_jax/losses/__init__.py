@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from typing import Any, Callable, Iterator
 
 import jax
@@ -162,6 +163,12 @@ def reads_params(name: str) -> bool:
   return name in _READS_PARAMS
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+  """The term's options and their default values (its keyword arguments)."""
+  params = list(inspect.signature(get(name)).parameters.values())[1:]
+  return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def state_rule(name: str) -> Any:
   """The term's `state.StateRule`, or None for a stateless term."""
   get(name)
@@ -169,4 +176,4 @@ def state_rule(name: str) -> Any:
 
 
 # Importing the families registers their terms.
-from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, regularizers  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, regularizers, sdr  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -63,6 +63,38 @@ computation):
     with m_a the (stop-gradient) row maximum over the contrast set (1/tau: the
     anchor meets its own copy), so negatives weigh e^{m_a} times more and the
     loss is larger than the equation's.
+  * `pseudo_labels`: the labels the term starts from are PLOP's
+    pseudo-labelled targets (`losses.plop.pseudo_labels`, the thresholds read
+    from `inputs.extras`, as `plop_ce` reads them; methods with PLOP's prepare
+    hook only): background pixels the old model labels confidently carry its
+    argmax, the others the ignore label. The first version of the UCD code
+    (`ygjwd12345/UCD` commit 51b783a, built on PLOP's code) pseudo-labels
+    `labels` in place before handing them to the contrastive term.
+  * `old_features_at="background_label"`: old-model features enter the
+    contrast set where the label at feature resolution is background (0) and
+    the extended label is not, instead of where the extended label is an old
+    class (`"old_class"`, ours). They differ where a pixel's (resized) label
+    is itself an old class id: old classes kept in the ground truth, PLOP's
+    pseudo-labels (`pseudo_labels`), ids mixed at boundaries by
+    `bilinear_labels`. `background_in_contrast` and `old_features_at_new`
+    add their pixels on top, as with `"old_class"`.
+  * `min_label_weights` (with `uncertainty`): a positive pair of extended
+    class c weighs 1 when c >= m, m the smallest positive label at feature
+    resolution in the batch (the code's `min_new_classes`: the first new
+    class when old classes are background in the labels, an old class once
+    they are pseudo-labelled), and P^old_a . P^old_g (the old model's
+    softmaxes) otherwise. The code forces 1 for pairs whose two labels are
+    >= m and uses the old softmaxes everywhere else; a positive pair's two
+    pixels share their class, and a pixel whose class is below m has label
+    0 (every positive label is >= m), where the extended probabilities are
+    the old softmax, so this is the code's weight. Ours (off) weighs
+    pseudo-labelled pixels by the old model whatever their class. A batch
+    without a positive label has no forced pair (the code fails there: the
+    minimum of an empty set).
+  Together, `bilinear_labels`, `old_features_at="background_label"`,
+  `min_label_weights` and `unshifted_negatives` compute the public code's
+  `pre_contractive_pixel` (version 'v2') + `PixelConLossV2`; add
+  `pseudo_labels` for its PLOP-based version (docs/reference_code.md §14).
 
 Memory: the dense form holds several (P x 2P) matrices for P pixels. The
 blockwise form maps over anchor blocks of `block_size` rows against the whole
@@ -85,8 +117,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from incseg_jax import losses
+from incseg_jax.losses import plop
 
 _DENOMINATORS = ("positive_and_negatives", "negatives")
+_OLD_FEATURES_AT = ("old_class", "background_label")
 # The public code's label cleanup after its int8 cast (VOC's largest class id).
 _QUIRK_MAX_LABEL = 20
 
@@ -173,8 +207,30 @@ def _normalise(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.where(nonzero, jnp.sum(x * x, axis=-1, keepdims=True), 1.0))
 
 
+def training_labels(inputs: losses.LossInputs, pseudo_labels: bool = False) -> jax.Array:
+  """The (B, H, W) labels the term starts from: `inputs.labels`, or PLOP's pseudo-labelled targets.
+
+  Args:
+    inputs: the step's LossInputs; with `pseudo_labels`, `teacher["logits"]`
+      and `extras[plop.THRESHOLDS_KEY]` too.
+    pseudo_labels: the `pseudo_labels` option (module docstring).
+
+  Raises:
+    ValueError: `pseudo_labels` without PLOP's thresholds in `inputs.extras`.
+  """
+  if not pseudo_labels:
+    return inputs.labels
+  if plop.THRESHOLDS_KEY not in inputs.extras:
+    raise ValueError(f"ucd: pseudo_labels=True needs inputs.extras[{plop.THRESHOLDS_KEY!r}]: use a method with "
+                     "PLOP's prepare hook (method=plop_ucd)")
+  targets, _ = plop.pseudo_labels(inputs.labels, inputs.teacher["logits"],
+                                  jnp.asarray(inputs.extras[plop.THRESHOLDS_KEY]), inputs.task)
+  return targets
+
+
 def pixel_sets(inputs: losses.LossInputs, background_in_contrast: bool = False, old_features: bool = True,
-               old_features_at_new: bool = False, bilinear_labels: bool = False) -> tuple[PixelSet, PixelSet]:
+               old_features_at_new: bool = False, bilinear_labels: bool = False, pseudo_labels: bool = False,
+               old_features_at: str = "old_class") -> tuple[PixelSet, PixelSet, jax.Array]:
   """Anchors (Eq. 3) and contrast set (anchors + Eq. 4), flattened over the batch.
 
   The contrast set's first P rows are the anchors' own features
@@ -182,21 +238,30 @@ def pixel_sets(inputs: losses.LossInputs, background_in_contrast: bool = False, 
   meets itself in column i; the old-model rows follow when `old_features`.
 
   Args:
-    inputs: the step's LossInputs (`pre_logits`, `logits_os`, `labels`).
+    inputs: the step's LossInputs (`pre_logits`, `logits_os`, `labels`;
+      `logits` and `extras` with `pseudo_labels`).
     background_in_contrast: see the module docstring.
     old_features: see the module docstring.
     old_features_at_new: see the module docstring.
     bilinear_labels: see the module docstring.
+    pseudo_labels: see the module docstring.
+    old_features_at: "old_class" or "background_label", see the module
+      docstring.
 
   Returns:
-    (anchors with P rows, contrast set with P or 2P rows).
+    (anchors with P rows, contrast set with P or 2P rows, the smallest
+    positive label at feature resolution, int32 scalar, the largest int32
+    when there is none: `min_label_weights`).
   """
   new = inputs.student["pre_logits"]
   b, h, w, d = new.shape
-  labels_os = feature_labels(inputs.labels, (h, w), bool(bilinear_labels))
+  labels_os = feature_labels(training_labels(inputs, pseudo_labels), (h, w), bool(bilinear_labels))
   ext, probs, valid = extended_map(labels_os, inputs.teacher["logits_os"], inputs.task.num_channels,
                                    inputs.task.ignore_label)
   n_old = inputs.teacher["logits_os"].shape[-1]
+  positive_label = valid & (labels_os > 0)
+  min_label = jnp.min(jnp.where(positive_label, labels_os, jnp.iinfo(jnp.int32).max))
+  label_background = (valid & (labels_os == 0)).reshape(-1)
   ext, probs, valid = ext.reshape(-1), probs.reshape(b * h * w, -1), valid.reshape(-1)
   background = ext == 0
   anchor_valid = valid & (~background | background_in_contrast)
@@ -204,12 +269,15 @@ def pixel_sets(inputs: losses.LossInputs, background_in_contrast: bool = False, 
   anchors = PixelSet(q, anchor_valid, ext, probs)
   contrast = PixelSet(jax.lax.stop_gradient(q), anchor_valid, ext, probs)
   if not old_features:
-    return anchors, contrast
-  old_class = (ext >= 1) & (ext < n_old)
-  old_valid = valid & (old_class | (background & background_in_contrast) | ((ext >= n_old) & old_features_at_new))
+    return anchors, contrast, min_label
+  if old_features_at == "old_class":
+    old_base = (ext >= 1) & (ext < n_old)
+  else:
+    old_base = label_background & ~background
+  old_valid = valid & (old_base | (background & background_in_contrast) | ((ext >= n_old) & old_features_at_new))
   k_old = _normalise(jax.lax.stop_gradient(inputs.teacher["pre_logits"]).reshape(b * h * w, d))
   contrast = PixelSet(*(jnp.concatenate([x, y]) for x, y in zip(contrast, PixelSet(k_old, old_valid, ext, probs))))
-  return anchors, contrast
+  return anchors, contrast, min_label
 
 
 def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -226,7 +294,7 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 def _rows(anchors: PixelSet, row_ids: jax.Array, contrast: PixelSet, temperature: float, uncertainty: bool,
-          denominator: str, unshifted: bool) -> tuple[jax.Array, jax.Array]:
+          denominator: str, unshifted: bool, force_from: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Loss of a set of anchor rows against the whole contrast set.
 
   Args:
@@ -238,6 +306,8 @@ def _rows(anchors: PixelSet, row_ids: jax.Array, contrast: PixelSet, temperature
     uncertainty: weight positive pairs by sigma (Eq. 10).
     denominator: see the module docstring.
     unshifted: the `unshifted_negatives` reference-code switch.
+    force_from: with uncertainty, pairs whose two labels are >= this weigh 1
+      (the `min_label_weights` switch); None: no pair is forced.
 
   Returns:
     (sum over the rows with positives of their loss, number of such rows).
@@ -260,6 +330,8 @@ def _rows(anchors: PixelSet, row_ids: jax.Array, contrast: PixelSet, temperature
     log_ratio = jnp.where(has_neg[:, None], s - lse_neg[:, None], 0.0)
   if uncertainty:
     sigma = jnp.matmul(anchors.probs, contrast.probs.T, precision=jax.lax.Precision.HIGHEST)
+    if force_from is not None:
+      sigma = jnp.where((anchors.labels[:, None] >= force_from) & (contrast.labels[None, :] >= force_from), 1.0, sigma)
     log_ratio = sigma * log_ratio
   n_pos = positive.sum(axis=-1)
   per_row = -jnp.where(positive, log_ratio, 0.0).sum(axis=-1) / jnp.maximum(n_pos, 1)
@@ -267,11 +339,13 @@ def _rows(anchors: PixelSet, row_ids: jax.Array, contrast: PixelSet, temperature
   return jnp.where(counted, per_row, 0.0).sum(), counted.sum()
 
 
-def _check(temperature, denominator, block_size=1):
+def _check(temperature, denominator, block_size=1, old_features_at="old_class"):
   if not temperature > 0:
     raise ValueError(f"ucd: temperature={temperature!r} must be > 0")
   if denominator not in _DENOMINATORS:
     raise ValueError(f"ucd: denominator={denominator!r}: expected one of {_DENOMINATORS}")
+  if old_features_at not in _OLD_FEATURES_AT:
+    raise ValueError(f"ucd: old_features_at={old_features_at!r}: expected one of {_OLD_FEATURES_AT}")
   if int(block_size) < 1:
     raise ValueError(f"ucd: block_size={block_size!r} must be >= 1")
 
@@ -279,7 +353,8 @@ def _check(temperature, denominator, block_size=1):
 def ucd_dense_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: bool = True,
                    background_in_contrast: bool = False, old_features: bool = True,
                    old_features_at_new: bool = False, denominator: str = "positive_and_negatives",
-                   bilinear_labels: bool = False, unshifted_negatives: bool = False) -> jax.Array:
+                   bilinear_labels: bool = False, unshifted_negatives: bool = False, pseudo_labels: bool = False,
+                   old_features_at: str = "old_class", min_label_weights: bool = False) -> jax.Array:
   """Eq. 11 (Eq. 7 without uncertainty) with the full (P x |contrast|) matrix.
 
   The reference for `ucd_loss`: same options (see the module docstring),
@@ -288,10 +363,11 @@ def ucd_dense_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncerta
   Returns:
     A scalar loss.
   """
-  _check(temperature, denominator)
-  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new, bilinear_labels)
+  _check(temperature, denominator, old_features_at=old_features_at)
+  anchors, contrast, min_label = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new,
+                                            bilinear_labels, bool(pseudo_labels), old_features_at)
   total, count = _rows(anchors, jnp.arange(anchors.valid.shape[0]), contrast, temperature, uncertainty, denominator,
-                       bool(unshifted_negatives))
+                       bool(unshifted_negatives), min_label if min_label_weights else None)
   return total / jnp.maximum(count, 1)
 
 
@@ -299,7 +375,8 @@ def ucd_dense_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncerta
 def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: bool = True,
              background_in_contrast: bool = False, old_features: bool = True, old_features_at_new: bool = False,
              denominator: str = "positive_and_negatives", block_size: int = 1024, bilinear_labels: bool = False,
-             unshifted_negatives: bool = False) -> jax.Array:
+             unshifted_negatives: bool = False, pseudo_labels: bool = False, old_features_at: str = "old_class",
+             min_label_weights: bool = False) -> jax.Array:
   """UCD's contrastive distillation (Eq. 11; CD, Eq. 7, with uncertainty=False), blockwise.
 
   Equal to `ucd_dense_loss` in value and gradient; memory linear in the
@@ -307,7 +384,8 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
 
   Args:
     inputs: the step's LossInputs; reads `pre_logits` and `logits_os` of
-      student and teacher, `labels` and `task`.
+      student and teacher, `labels` and `task` (with `pseudo_labels`, also the
+      teacher's `logits` and `extras`).
     temperature: tau of Eq. 8 (the paper's 0.07).
     uncertainty: weight positive pairs by sigma (UCD) or by 1 (CD).
     background_in_contrast: background pixels become anchors / contrast.
@@ -320,12 +398,20 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
       reference bug, see the module docstring).
     unshifted_negatives: reproduce the public code's max-shift of the
       positive only (a reference bug, see the module docstring).
+    pseudo_labels: start from PLOP's pseudo-labelled targets, as the
+      PLOP-based UCD code (a reference quirk, see the module docstring).
+    old_features_at: "old_class" (ours) or "background_label" (the code's
+      old-feature pixels, see the module docstring).
+    min_label_weights: the code's pair weight 1 from the smallest positive
+      label on (see the module docstring).
 
   Returns:
     A scalar loss.
   """
-  _check(temperature, denominator, block_size)
-  anchors, contrast = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new, bilinear_labels)
+  _check(temperature, denominator, block_size, old_features_at)
+  anchors, contrast, min_label = pixel_sets(inputs, background_in_contrast, old_features, old_features_at_new,
+                                            bilinear_labels, bool(pseudo_labels), old_features_at)
+  force_from = min_label if min_label_weights else None
   p = anchors.valid.shape[0]
   rows = min(int(block_size), p)
   n_blocks = -(-p // rows)
@@ -340,7 +426,7 @@ def ucd_loss(inputs: losses.LossInputs, temperature: float = 0.07, uncertainty: 
   @jax.checkpoint
   def block(args):
     block_anchors, row_ids = args
-    return _rows(block_anchors, row_ids, contrast, temperature, uncertainty, denominator, unshifted)
+    return _rows(block_anchors, row_ids, contrast, temperature, uncertainty, denominator, unshifted, force_from)
 
   totals, counts = jax.lax.map(block, (PixelSet(*map(blocks, anchors)), blocks(jnp.arange(p))))
   return totals.sum() / jnp.maximum(counts.sum(), 1)

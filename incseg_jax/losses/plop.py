@@ -2,7 +2,9 @@
 
 This module owns the `plop_ce` term (UCD paper Eq. 19; PLOP, Douillard et al.,
 CVPR 2021) and the pieces the `plop` method's threshold hook shares with it
-(`normalized_entropy`, `background_mask`, `THRESHOLDS_KEY`).
+(`normalized_entropy`, `background_mask`, `THRESHOLDS_KEY`); `pseudo_labels`
+is also what the `ucd` term's `pseudo_labels` option trains on (the
+PLOP-based UCD code, `incseg_jax/losses/contrastive.py`).
 
 At steps > 0 (docs/reference_code.md §12-13, the public code's conventions):
   * The previous model's softmax p over its N_old channels at input
@@ -98,7 +100,8 @@ def pseudo_labels(labels: jax.Array, teacher_logits: jax.Array, thresholds: jax.
 
 @losses.register("plop_ce")
 def plop_ce(inputs: losses.LossInputs, reduction: str = "all_pixels", min_nu: float = 0.0,
-            threshold_floor: float = 0.001, nb_bins: int = 100, histogram_median: bool = False) -> jax.Array:
+            threshold_floor: float = 0.001, nb_bins: int = 100, histogram_median: bool = False,
+            median_background_only: bool = False) -> jax.Array:
   """Eq. 19: nu-scaled CE on pseudo-labels (steps > 0); plain CE at step 0.
 
   Args:
@@ -113,11 +116,16 @@ def plop_ce(inputs: losses.LossInputs, reduction: str = "all_pixels", min_nu: fl
     histogram_median: read by the prepare hook: thresholds from the public
       code's histogram median, bug included (a reference bug, see
       `incseg_jax/methods/plop.py`); unused here.
+    median_background_only: read by the prepare hook: the medians count only
+      the pixels labelled 0, as the public code's pre-pass, instead of every
+      pixel this term relabels (label < N_old; they differ where training
+      labels keep old-class ids, see `incseg_jax/methods/plop.py`); unused
+      here.
 
   Returns:
     A scalar loss.
   """
-  del threshold_floor, nb_bins, histogram_median
+  del threshold_floor, nb_bins, histogram_median, median_background_only
   if inputs.teacher is None:
     return ce.cross_entropy(inputs, reduction=reduction)
   if THRESHOLDS_KEY not in inputs.extras:

@@ -36,6 +36,14 @@ Weights. The paper's lambda_pod (Eq. 20, 0.01) is the term's config weight
 layers have weight 1 and the logits `logits_weight` = 0.05, so that
 0.01 x 0.05 = 0.0005 reproduces the code's logits factor and 0.01 is applied
 once. `class_schedule=False` drops the sqrt(n_seen / n_new) factor.
+
+The code gives its 0.0005 (PLOP's `pod_options["switch"]["after"]["factor"]`)
+to whichever map comes last in its list, not to the logits as such: with
+`pod_logits` off its last map is the ASPP output, which then gets 0.0005 while
+the logits are not distilled. We weight the `logits` layer, wherever it is in
+`layers`; `logits_weight_on_last=True` (off by default; docs/reference_code.md,
+"Reference bugs") gives `logits_weight` to the last entry of `layers`
+instead, whatever it is, and weight 1 to every other, as the code does.
 """
 
 from __future__ import annotations
@@ -125,7 +133,8 @@ def _layer_maps(inputs: losses.LossInputs, layer: str) -> tuple[jax.Array, jax.A
 
 @losses.register("pod", needs_teacher=True)
 def local_pod(inputs: losses.LossInputs, scales: Sequence[int] = (1, 2, 4), logits_weight: float = 0.05,
-              layers: Sequence[str] = LAYERS, class_schedule: bool = True, squared: bool = False) -> jax.Array:
+              layers: Sequence[str] = LAYERS, class_schedule: bool = True, squared: bool = False,
+              logits_weight_on_last: bool = False) -> jax.Array:
   """Local POD between the previous and the current model (see module doc).
 
   Args:
@@ -138,6 +147,9 @@ def local_pod(inputs: losses.LossInputs, scales: Sequence[int] = (1, 2, 4), logi
     class_schedule: multiply by sqrt(n_seen / n_new) (the code's default).
     squared: squared L2 distance per image (the papers' printed equation)
       instead of the code's L2 norm.
+    logits_weight_on_last: `logits_weight` goes to the last entry of
+      `layers`, whatever it is, and weight 1 to the others (the code's
+      last-map factor, see the module doc); off: to the `logits` layer.
 
   Returns:
     A scalar, to be multiplied by lambda_pod (the term's config weight).
@@ -146,10 +158,11 @@ def local_pod(inputs: losses.LossInputs, scales: Sequence[int] = (1, 2, 4), logi
   if not layers:
     raise ValueError("pod: `layers` is empty")
   total = 0.0
-  for layer in layers:
+  for i, layer in enumerate(layers):
     student, teacher = _layer_maps(inputs, layer)
     diff = local_pod_embedding(student, scales) - local_pod_embedding(teacher, scales)
-    weight = logits_weight if layer == "logits" else 1.0
+    small = i == len(layers) - 1 if logits_weight_on_last else layer == "logits"
+    weight = logits_weight if small else 1.0
     total = total + weight * _per_image_norm(diff, squared).mean()
   task = inputs.task
   schedule = (task.num_channels / len(task.new_channels))**0.5 if class_schedule else 1.0

@@ -9,8 +9,8 @@ rule says how the state is
   previous step's final state, the student's starting parameters and the
   teacher's),
 - updated by every train step inside the one jitted step (`update`, from the
-  gradients of the step's forward loss terms and the parameters they were
-  taken at), and
+  gradients of the step's forward loss terms, the parameters they were taken
+  at, and the batch's forward outputs and labels), and
 - read by its loss term (`LossInputs.state`).
 
 The trainer keeps the states in `TrainState.method_state` (term name ->
@@ -69,11 +69,19 @@ class UpdateInputs:
     params: the parameters those gradients were taken at (before this step's update).
     step: the train step within the task step, 0-based (int32 array).
     options: as in `StateContext`.
+    student: the student's forward dict on this batch (stop-gradient).
+    teacher: the teacher's forward dict, or None at step 0.
+    labels: the batch's training targets (B, H, W), as the losses see them.
+    task: the step's `losses.TaskInfo`.
   """
   grads: Any
   params: Any
   step: jax.Array
   options: Mapping[str, Any]
+  student: Any = None
+  teacher: Any = None
+  labels: Any = None
+  task: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,7 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 # Loss terms that classify every pixel; one per method (see `get`).
-CLASSIFICATION_TERMS = ("ce", "unbiased_ce", "plop_ce", "bce")
+CLASSIFICATION_TERMS = ("ce", "unbiased_ce", "plop_ce", "bce", "icarl")
 
 # Values of the config argument `conventions`: "code" keeps the methods'
 # default options (the public code's), "paper" applies `Method.paper_options`.
@@ -228,7 +228,8 @@ def apply_to_config(config: ml_collections.ConfigDict, conventions: str = "code"
   with config.unlocked():
     config.losses = ml_collections.ConfigDict(dict(method.losses))
     for term in method.losses:
-      opts = dict(method.options.get(term, {}))
+      # Every option of the term, so that each is a config field the command line can set.
+      opts = dict(losses_lib.option_defaults(term), **method.options.get(term, {}))
       if conventions == "paper":
         opts.update(method.paper_options.get(term, {}))
       config.loss_options[term] = ml_collections.ConfigDict(opts)
@@ -258,4 +259,4 @@ def frozen_prefixes(method: Method, config: ml_collections.ConfigDict) -> tuple[
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ilt, mib, plop, regularizers, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ilt, mib, plop, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -6,6 +6,14 @@ its unbiased CE (and PLOP with its pseudo-labelled CE), and the parts follow
 different label conventions. Both follow the UCD code, which is built on the
 PLOP/MiB code bases: void stays ignored in training and not-yet-learned
 classes count as background in evaluation (docs/reference_code.md §10, §14).
+
+The PLOP-based UCD code differs from Eq. 20 in the inputs of its contrastive
+term (PLOP's pseudo-labels, old features where the label is background,
+pair weights forced to 1 from the smallest label on); `plop_ucd` computes
+the equations, and the `ucd` term's options `pseudo_labels`,
+`old_features_at="background_label"` and `min_label_weights` (off) the code
+(`incseg_jax/losses/contrastive.py`; `pseudo_labels` reads the thresholds of
+PLOP's prepare hook, which `plop_ucd` runs).
 """
 
 from incseg_jax.methods import Method, get, register

@@ -9,7 +9,11 @@ the same for every scenario (docs/reference_code.md §7):
     see `lwf_mc_kd`).
   * mib: unbiased_ce (in place of ce; plain CE at step 0) + 10 * unbiased_kd,
     new heads initialised by `mib_head_init`.
-All three run in MiB's code, so they share its label conventions
+  * icarl: the `icarl` term alone (weight 1): `bce` at step 0, then BCE
+    against the old model's sigmoid on the old channels (the code's
+    `--icarl --icarl_disjoint`; not one of its `--method` presets, nor a row
+    of the papers' tables).
+All four run in MiB's code, so they share its label conventions
 (docs/reference_code.md §10): void is trained as background, and classes not
 yet learned are ignored in evaluation.
 
@@ -91,3 +95,5 @@ register(Method(name="lwf_mc", losses={"bce": 1.0, "lwf_mc_kd": 10.0}, **_MIB_LA
 register(Method(name="mib", losses={"unbiased_ce": 1.0, "unbiased_kd": 10.0}, head_init=mib_head_init,
                 paper_options=MIB_PAPER_OPTIONS, **_MIB_LABELS,
                 doc="MiB: unbiased CE + unbiased KD + background-based head init"))
+register(Method(name="icarl", losses={"icarl": 1.0}, options={"icarl": {"background_from_labels": False}},
+                **_MIB_LABELS, doc="iCaRL as in the MiB code: BCE with the old model's sigmoid as old targets"))

@@ -26,6 +26,16 @@ The `plop_ce` option `histogram_median=True` (off by default;
 `--config.loss_options.plop_ce.histogram_median=True`) reproduces that
 computation (thresholds can then come out -inf, inf or NaN: -inf is raised to
 the floor, inf accepts every pixel of the class, NaN none, as in the code).
+
+Which pixels the pre-pass counts. We count the pixels the train step
+relabels, label < N_old (background and old classes) and not void, so the
+thresholds are medians over the population they are applied to. The code's
+pre-pass counts only the pixels labelled 0 (`labels == 0`), while its train
+step relabels `labels < N_old`; the two differ only where training labels keep
+old-class ids (our `setting=sequential` with `labeling=keep`; the overlapped and
+disjoint settings turn old classes into 0). The `plop_ce` option
+`median_background_only=True` (off by default) counts the pixels labelled 0,
+as the code does (docs/reference_code.md, "Reference bugs").
 """
 
 from __future__ import annotations
@@ -117,8 +127,10 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
 
   Options are read from `ctx.options["plop_ce"]`: `threshold_floor` (0.001),
   `histogram_median` (False: exact medians; True: the public code's
-  histogram median, a reference bug) and `nb_bins` (100, with
-  `histogram_median` only).
+  histogram median, a reference bug), `nb_bins` (100, with
+  `histogram_median` only) and `median_background_only` (False: the pixels
+  the train step relabels, label < N_old; True: only those labelled 0, as the
+  code's pre-pass; module doc).
 
   Returns:
     {THRESHOLDS_KEY: (N_old,) float32}, indexed by the old model's argmax.
@@ -134,7 +146,11 @@ def plop_prepare(ctx: PrepareContext) -> Mapping[str, Any]:
   for batch in ctx.batches():
     logits = ctx.teacher_forward(batch["image"])["logits"]
     entropy, argmax = jax.device_get(_entropy_and_argmax(logits, task.num_channels))
-    background = plop_losses.background_mask(np.asarray(batch["label"]), n_old, task.ignore_label)
+    labels = np.asarray(batch["label"])
+    if opts.get("median_background_only", False):
+      background = labels == 0
+    else:
+      background = plop_losses.background_mask(labels, n_old, task.ignore_label)
     stats.add(np.asarray(entropy, np.float32)[background], np.asarray(argmax, np.int64)[background])
   return {plop_losses.THRESHOLDS_KEY: stats.thresholds(floor)}
 

@@ -21,6 +21,10 @@ The public code's two bugs (docs/reference_code.md, "Reference bugs") are
 options of the term too, off by default:
 `--config.loss_options.ucd.bilinear_labels=True` (its label resizing) and
 `--config.loss_options.ucd.unshifted_negatives=True` (its stability shift).
+The PLOP-based code's three further differences (`pseudo_labels`,
+`old_features_at`, `min_label_weights`; docs/reference_code.md §14) are
+options of the term with their defaults off, not listed in UCD_OPTIONS yet:
+a run saved without them would compare as another experiment on resume.
 """
 
 from incseg_jax.losses import contrastive  # noqa: F401  pylint: disable=unused-import  (registers "ucd")
