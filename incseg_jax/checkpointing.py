@@ -20,7 +20,6 @@ next writer opens the directory).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -179,8 +178,10 @@ def mark_done(workdir: str, task_index: int, record: dict[str, Any]) -> None:
 
 
 def read_done(workdir: str, task_index: int) -> dict[str, Any]:
-  with open(_done_path(workdir, task_index)) as f:
-    return json.load(f)
+  """Task step `task_index`'s record (done.json); a damaged one is named (`files.CorruptFileError`)."""
+  return files.read_json(_done_path(workdir, task_index), f"the record of finished task step {task_index}",
+                         "Delete it and rerun the run's command: the step is evaluated again from its final "
+                         "checkpoint and the record rewritten.")
 
 
 def write_identity(workdir: str, task_index: int, identity: dict[str, Any]) -> None:

@@ -5,16 +5,18 @@
 Rows: one per run (its method, scored at its final step), then the reference
 rows M0 (the first run's step-0 model) and joint (any `joint` run given).
 Columns: per-class IoU, mIoU old (the step-0 classes) / new (classes added
-later) / all, mPA, mCA — all in %.
+later) / all, mPA, mCA, and per incremental run the average incremental mIoU,
+the forgetting and the harmonic mean of old and new (docs/metrics.md) — all
+in %.
 """
 
-import json
 import os
 import sys
 
 from absl import app
 from absl import flags
 
+from incseg_jax import files
 from incseg_jax import reporting
 
 _MD = flags.DEFINE_string("markdown", "", "Also write the Markdown table to this file.")
@@ -27,8 +29,7 @@ def load(workdir: str) -> dict:
   if not os.path.exists(path):
     print(f"error: {path} not found (has the run finished?)", file=sys.stderr)
     sys.exit(2)
-  with open(path) as f:
-    res = json.load(f)
+  res = files.read_results(path)
   res["workdir"] = os.path.basename(os.path.normpath(workdir))
   return res
 

@@ -290,7 +290,18 @@ def _migrate_quirks(d: dict) -> None:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-  """Rebuilds a config saved with `to_json` (lists come back as tuples).
+  """Rebuilds a config saved with `to_json` (see `from_dict`).
+
+  Raises:
+    ValueError: not JSON, or an old `quirks` switch that was on and cannot be
+      migrated. (Readers of a workdir's config.json parse it with
+      `files.read_json`, which names a damaged file, and call `from_dict`.)
+  """
+  return from_dict(json.loads(text))
+
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """Rebuilds a config from the parsed JSON `to_json` wrote (lists come back as tuples).
 
   A config saved by an older version is migrated: its `quirks` section moves
   into `loss_options` (see `MOVED_QUIRKS`).
@@ -306,7 +317,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
       return tuple(fix(v) for v in x)
     return x
 
-  d = fix(json.loads(text))
+  d = fix(saved)
   _migrate_quirks(d)
   return ml_collections.ConfigDict(d)
 

@@ -39,8 +39,11 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> di
 
   Raises:
     ValueError: no run there, the step does not exist / has no checkpoint, or
-      the dataset has no such split.
+      the dataset has no such split; files.CorruptFileError: a damaged
+      config.json, identity.json or done.json.
   """
+  # Only reads: no lock, so a finished step can be evaluated while the run trains the next.
+  workdir_lib.check_path(workdir, write=False)
   config = workdir_lib.read_config(workdir)
   if split:
     config.dataset.eval_split = split

@@ -14,6 +14,7 @@ import math
 import os
 from typing import Any, Sequence
 
+from incseg_jax import continual
 from incseg_jax import files
 
 
@@ -63,6 +64,7 @@ def results(exp, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
       "class_order": [exp.meta.class_names[c] for c in exp.plan.order],
       "channel_names": exp.channel_names,
       "steps": list(records),
+      "summary": continual.summary(records),
   }
 
 
@@ -95,6 +97,11 @@ def final_table(res: dict[str, Any]) -> str:
     row = [str(r["task_step"]), _classes(r["new_classes"]), str(r["num_train_images"])]
     row += [_pct(m[k]) for _, k in _SUMMARY_COLS]
     lines.append("| " + " | ".join(row) + " |")
+  if len(res["steps"]) > 1:
+    s = continual.summary(res["steps"])
+    lines += ["", f"average incremental mIoU {_pct(s['avg_miou'])}, forgetting {_pct(s['forgetting'])}, "
+              f"backward transfer {_pct(s['bwt'])}, harmonic mean of old and new {_pct(s['harmonic_mean'])} "
+              "(docs/metrics.md)"]
   return "\n".join(lines)
 
 
@@ -153,7 +160,9 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   first incremental run's step-0 model) and any `joint` run. Columns:
   per-class IoU (optional), mIoU over the base classes (step 0 of the first
   incremental run: the paper's "old"), over the classes added afterwards
-  ("new"), over all classes present (background included), mPA, mCA.
+  ("new"), over all classes present (background included), mPA, mCA, and
+  for the incremental runs the average incremental mIoU, the forgetting and
+  the harmonic mean of old and new (`incseg_jax/continual.py`).
 
   Raises:
     ValueError: the incremental runs are not the same experiment shape
@@ -165,15 +174,19 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   ref = incremental[0]
   base, added = class_groups(incremental, "compare")
   classes = ref["channel_names"] if per_class else []
-  head = ["method"] + list(classes) + [f"mIoU old ({len(base)})", f"mIoU new ({len(added)})", "mIoU", "mPA", "mCA"]
+  head = (["method"] + list(classes) + [f"mIoU old ({len(base)})", f"mIoU new ({len(added)})", "mIoU", "mPA", "mCA"]
+          + ["avg mIoU", "forgetting", "HM"])
 
-  def row(label, m):
+  def row(label, m, steps=None):
     ious = dict(zip(m["class_names"], m["iou"]))
+    old, new = _mean_over(m, base), _mean_over(m, added)
+    s = continual.summary(steps) if steps and all("new_channels" in st for st in steps) else {}
     return ([label] + [_pct(ious.get(c)) for c in classes]
-            + [_pct(_mean_over(m, base)), _pct(_mean_over(m, added)), _pct(m["miou"]), _pct(m["pixel_acc"]),
-               _pct(m["mean_class_acc"])])
+            + [_pct(old), _pct(new), _pct(m["miou"]), _pct(m["pixel_acc"]), _pct(m["mean_class_acc"])]
+            + [_pct(s.get("avg_miou")), _pct(s.get("forgetting")),
+               _pct(continual.harmonic_mean(old, new)) if steps else "-"])
 
-  rows = [row(r["method"], r["steps"][-1]["metrics"]) for r in incremental]
+  rows = [row(r["method"], r["steps"][-1]["metrics"], r["steps"]) for r in incremental]
   rows.append(row("M0 (step 0)", ref["steps"][0]["metrics"]))
   rows += [row("joint", r["steps"][-1]["metrics"]) for r in runs if r["task"] == "joint"]
   return head, rows

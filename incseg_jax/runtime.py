@@ -59,8 +59,9 @@ def clear_errors():
   """Reports expected failures as one line (their message), exit code 2.
 
   Expected: ValueError (bad config or data, mismatched checkpoint),
-  FileNotFoundError, FloatingPointError (non-finite loss) and a full disk
-  (OSError ENOSPC). Anything else is a bug and keeps its traceback.
+  FileNotFoundError, FloatingPointError (non-finite loss), a full disk
+  (OSError ENOSPC) and a file the process may not read or write (EACCES,
+  EPERM, EROFS). Anything else is a bug and keeps its traceback.
   """
   try:
     yield
@@ -68,10 +69,19 @@ def clear_errors():
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   except OSError as e:
-    if e.errno != errno.ENOSPC:
+    if e.errno == errno.ENOSPC:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+    elif e.errno in _PERMISSION_ERRNOS and e.filename:
+      # The places a run writes are checked up front with a message of their
+      # own; this names any other file the process may not touch.
+      print(f"error: cannot write or read {e.filename} ({e.strerror}); expected a location this process may "
+            "use: check its permissions, or choose another directory", file=sys.stderr, flush=True)
+    else:
       raise
-    print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+_PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -79,10 +89,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 
   ml_collections wraps an exception raised inside `get_config` (unknown
   method, malformed argument) in a flags error whose text is a full traceback;
-  the user needs only its last line.
+  the user needs only its last line. A config file that does not exist (or
+  fails to load) it reports only when the config is first used, deep inside
+  the run: checked here instead. An override of a field the config lacks
+  names the flag and ml_collections' suggestion.
   """
+  missing = _missing_config_file(argv, flags.FLAGS)
+  if missing:
+    print(f"error: {missing}", file=sys.stderr, flush=True)
+    sys.exit(2)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     cause = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
@@ -97,13 +114,87 @@ def parse_flags(argv: list[str]) -> list[str]:
     if moved:
       print(f"error: {moved}", file=sys.stderr, flush=True)
       sys.exit(2)
-    key = str(e).strip("\"' ")
-    args = [a.split("=")[0] for a in argv if a.startswith("--config.") and a.split("=")[0].endswith("." + key)]
-    where = args[0] if args else f"a --config.<...>.{key} override"
-    hint = " (options exist only for the loss terms of the chosen method)" if "loss_options" in where else ""
-    print(f"error: {where}: the config has no field {key!r} there{hint}; pass --helpfull to see the fields",
-          file=sys.stderr, flush=True)
+    print(f"error: {_unknown_field(e, argv)}", file=sys.stderr, flush=True)
     sys.exit(2)
+  unloadable = _unloadable_config(flags.FLAGS)
+  if unloadable:
+    print(f"error: {unloadable}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  return rest
+
+
+def _config_file_flags(flag_values) -> list[str]:
+  """Names of the flags whose value is a config file (`config_flags.DEFINE_config_file`)."""
+  # The parser class is not exported by ml_collections' package; its module is stable.
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  return [name for name in flag_values if isinstance(flag_values[name].parser, config_flags.ConfigFileFlagParser)]
+
+
+def _missing_config_file(argv: list[str], flag_values) -> str | None:
+  """The message for a `--config=FILE[:arg]` whose FILE does not exist, else None.
+
+  ml_collections defers this error to the first use of the config, where it
+  surfaces as a traceback from deep inside the run.
+  """
+  names = set(_config_file_flags(flag_values))
+  for i, arg in enumerate(argv[1:], start=1):
+    name, sep, value = arg.partition("=")
+    if not name.startswith("--") or name[2:] not in names:
+      continue
+    if not sep:  # "--config FILE"
+      value = argv[i + 1] if i + 1 < len(argv) else ""
+    path = value.split(":", 1)[0]
+    if os.path.isfile(path):
+      continue
+    problem = "is a directory" if os.path.isdir(path) else "does not exist"
+    where = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    known = sorted(f for f in os.listdir(where) if f.endswith(".py")) if os.path.isdir(where) else []
+    listing = f"; the config files in {where}: {', '.join(known)}" if known else ""
+    return (f"{name}={value}: the config file {path!r} {problem} (relative paths start at {os.getcwd()}); "
+            f"expected a Python file defining get_config(arg), e.g. configs/shapes.py{listing}")
+  return None
+
+
+def _unloadable_config(flag_values) -> str | None:
+  """The message for a config file that exists but failed to load (an OSError inside it), else None."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  for name in _config_file_flags(flag_values):
+    value = flag_values[name].value
+    if type(value).__name__ == "_ErrorConfig":  # ml_collections' stand-in that raises on first use
+      cause = object.__getattribute__(value, "_error")
+      lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+      return (f"--{name}={config_flags.get_config_filename(flag_values[name])}: the config file cannot be "
+              f"loaded: {lines[-1] if lines else cause}")
+  return None
+
+
+def _unknown_field(e: Exception, argv: list[str]) -> str:
+  """'--config.sed: the config has no field 'sed' there; did you mean --config.seed? ...'.
+
+  ml_collections raises KeyError (or AttributeError wrapping one) whose
+  argument is "'sed'\\nDid you mean \"seed\" instead of \"sed\"?"; `str()` of a
+  KeyError is the repr of that text, quotes and newline escaped, so the text
+  is taken from `args`.
+  """
+  text = e
+  while isinstance(text, BaseException) and text.args:
+    text = text.args[0]
+  text = str(text)
+  first = text.splitlines()[0].strip() if text.strip() else ""
+  quoted = re.search(r'^Key "([^"]+)" does not exist', first)
+  key = (quoted.group(1) if quoted else first).strip("\"' ").split(".")[-1]
+  suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"\?', text)
+  names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  args = [n for n in names if key in n[len("--config."):].split(".")]
+  where = args[0] if args else f"a --config.<...>.{key} override"
+  hint = " (options exist only for the loss terms of the chosen method)" if "loss_options" in where else ""
+  if suggestion and args:
+    parts = where.split(".")
+    parts[parts.index(key)] = suggestion.group(1)
+    hint += f" (did you mean {'.'.join(parts)}?)"
+  elif suggestion:
+    hint += f" (did you mean {suggestion.group(1)!r}?)"
+  return f"{where}: the config has no field {key!r} there{hint}; pass --helpfull to see the fields"
 
 
 def _moved_quirk(argv: list[str]) -> str | None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -379,11 +378,10 @@ def is_finished(config, workdir: str) -> bool:
   if not os.path.exists(path) or not os.path.exists(config_path):
     return False
   with open(config_path) as f:
-    if workdir_lib.config_differences(config, f.read()):
+    if workdir_lib.config_differences(config, f.read(), config_path):
       return False  # another experiment's: the run itself says what differs (and refuses)
   n = num_task_steps(config)
-  with open(path) as f:
-    res = json.load(f)
+  res = files.read_results(path)
   return len(res.get("steps", [])) == n and all(checkpointing.is_done(workdir, k) for k in range(n))
 
 
@@ -570,8 +568,7 @@ def collect(plan: Plan, outcome: Mapping[tuple[str, int], str | None]) -> dict[s
   results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in plan.step0}
   for run in plan.runs:
     if run.in_table and outcome.get(run.key) is None and is_finished(run.config, run.workdir):
-      with open(os.path.join(run.workdir, "results.json")) as f:
-        results[run.method][run.seed] = json.load(f)
+      results[run.method][run.seed] = files.read_results(os.path.join(run.workdir, "results.json"))
   summary = reporting.sweep_summary(results)
   summary["seeds"] = sorted({r.seed for r in plan.runs})
   summary["step0"] = {m: "shared" if why is None and m != BASE_METHOD else (why or "base")

@@ -54,12 +54,31 @@ def run(config, workdir: str, allow_config_change: bool = False,
 
   Returns:
     The results dict also written to `<workdir>/results.json`.
+
+  Raises:
+    files.LockedError: another process is running in `workdir`.
+    ValueError: a bad config, workdir or checkpoint; nothing has been
+      written to `workdir` then (every check precedes the first write).
   """
+  # Held from the start, so a second run on this workdir is refused before it
+  # builds anything; released on return, on an exception, and by the kernel
+  # when the process dies.
+  with workdir_lib.locked(workdir):
+    return _run(config, workdir, allow_config_change, hooks)
+
+
+def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks) -> dict[str, Any]:
+  """`run` with the workdir held."""
   validate.config(config)
   exp = experiment_lib.build(config)
   validate.experiment(exp)
-  workdir_lib.check_workdir(config, workdir, allow_config_change,
-                            verify=lambda: workdir_lib.check_checkpoints(exp, workdir))
+
+  def verify():  # everything that can refuse the run, before check_workdir writes config.json
+    workdir_lib.check_checkpoints(exp, workdir)
+    if config.init_from and not checkpointing.is_done(workdir, 0):
+      workdir_lib.check_init_from(exp)
+
+  workdir_lib.check_workdir(config, workdir, allow_config_change, verify=verify)
   mesh = sharding.make_mesh()
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   print(exp.plan.describe(exp.meta.class_names), flush=True)

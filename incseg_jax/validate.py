@@ -20,6 +20,7 @@ Workdir and checkpoint identity are checked by incseg_jax/workdir.py.
 from __future__ import annotations
 
 import inspect
+import math
 
 from typing import Any, Iterator, Mapping
 
@@ -45,7 +46,38 @@ _TUPLE_FIELDS = {"input.mean": (float, "'(0.485, 0.456, 0.406)'"), "input.std": 
                  "model.small_blocks": (int, "'(1, 1, 1, 1)'"), "model.atrous_rates": (int, "'(6, 12, 18)'"),
                  "freeze": (str, "'(\"backbone/stem\",)'")}
 _NAMES = {float: "numbers", int: "integers", str: "strings"}
-_POSITIVE_FIELDS = ("input.batch_size", "eval_batch_size", "schedule.base_length", "schedule.inc_length")
+
+# Numeric fields: (field, whether 0 is allowed, what it is); each must be finite and not negative. Without
+# these checks a NaN or infinite learning rate trained to NaN, a negative one by gradient ascent (exit 0),
+# and crop_size=0 surfaced as a non-finite loss.
+# numpy refuses negative seeds; below 2**32 every generator here takes them (tf.data's seed * 1000 + task
+# step stays an int64).
+_SEED_LIMIT = 2 ** 32
+_NUMERIC_FIELDS = (
+    ("input.batch_size", False, "the training batch size"),
+    ("eval_batch_size", False, "the evaluation batch size"),
+    ("input.crop_size", False, "the training crop size in pixels"),
+    ("input.scale_min", False, "the smallest random scale"),
+    ("input.scale_max", False, "the largest random scale"),
+    ("eval_bucket", True, "the evaluation size grouping (0: one padded shape)"),
+    ("optim.momentum", True, "the SGD momentum"),
+    ("optim.weight_decay", True, "the weight decay"),
+    ("schedule.base_length", False, "the length of task step 0"),
+    ("schedule.inc_length", False, "the length of each later task step"),
+    ("schedule.base_lr", False, "the learning rate of task step 0"),
+    ("schedule.inc_lr", False, "the learning rate of the later task steps"),
+    ("schedule.end_lr", True, "the learning rate the poly schedule decays to"),
+    ("schedule.power", True, "the poly schedule's exponent"),
+    ("model.aspp_channels", False, "the decoder's channel count"),
+    ("model.small_width", False, "resnet_small's stem width"),
+    ("log_every", False, "train steps between log lines"),
+    ("checkpoint_every", False, "train steps between periodic checkpoints"),
+    ("progress_every_secs", False, "seconds between progress lines"),
+)
+# Tuple fields whose every element must be a positive finite number.
+_POSITIVE_TUPLES = (("input.std", "the per-channel input standard deviations"),
+                    ("model.small_blocks", "resnet_small's blocks per stage"),
+                    ("model.atrous_rates", "the decoder's dilation rates"))
 
 
 def config(cfg) -> None:
@@ -84,14 +116,82 @@ def _check_values(cfg) -> None:
         isinstance(v, numbers) and not isinstance(v, bool) for v in value):
       raise ValueError(f"config.{path}={value!r}: expected a tuple of {_NAMES[kind]}, e.g. "
                        f"--config.{path}={example}")
-  for path in _POSITIVE_FIELDS:
-    value = _field(cfg, path)
-    if value <= 0:
-      raise ValueError(f"config.{path} must be positive, got {value}")
+  _check_numbers(cfg)
   if cfg.schedule.unit not in SCHEDULE_UNITS:
     raise ValueError(f"config.schedule.unit={cfg.schedule.unit!r}: expected steps, epochs or steps_per_class")
   sharding.check_batch_size(cfg.input.batch_size, "config.input.batch_size")
   sharding.check_batch_size(cfg.eval_batch_size, "config.eval_batch_size")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_numbers(cfg) -> None:
+  """Every numeric field in its range; one error lists every field at fault, each named.
+
+  Raises:
+    ValueError: e.g. "config.schedule.base_lr=-0.1: expected a positive finite number (the learning rate of
+      task step 0)".
+  """
+  problems = []
+  for path, zero_allowed, what in _NUMERIC_FIELDS:
+    value = _field(cfg, path)
+    if value is None:  # a field this config does not have
+      continue
+    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+      bound = "a non-negative" if zero_allowed else "a positive"
+      problems.append(f"config.{path}={value!r}: expected {bound} finite number ({what})")
+  for path, what in (("seed", "the seed of data order, augmentation and initialisation"),
+                     ("order_seed", "the seed of order=random")):
+    value = _field(cfg, path)
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                  and 0 <= value < _SEED_LIMIT):
+      problems.append(f"config.{path}={value!r}: expected an integer from 0 to 2**32 - 1 ({what})")
+  for path in ("input.mean", *(p for p, _ in _POSITIVE_TUPLES)):
+    value = _field(cfg, path)
+    if not isinstance(value, (tuple, list)) or not all(_is_number(v) for v in value):
+      continue  # None (a default) or not numbers: `_check_values` names the latter
+    if path == "input.mean":
+      if not all(math.isfinite(v) for v in value):
+        problems.append(f"config.input.mean={tuple(value)}: expected finite numbers (the per-channel input means)")
+      continue
+    what = dict(_POSITIVE_TUPLES)[path]
+    if not value or not all(math.isfinite(v) and v > 0 for v in value):
+      problems.append(f"config.{path}={tuple(value)}: expected positive finite numbers ({what})")
+  for path in ("input.mean", "input.std"):
+    value = _field(cfg, path)
+    if isinstance(value, (tuple, list)) and len(value) != 3:
+      problems.append(f"config.{path}={tuple(value)}: expected 3 numbers (red, green, blue)")
+  problems += _relations(cfg, problems)
+  for term, weight in (cfg.get("losses") or {}).items():
+    if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
+      problems.append(f"config.losses.{term}={weight!r}: expected a non-negative finite number (the weight of "
+                      f"loss term {term!r}; 0 turns it off)")
+  if problems:
+    raise ValueError("; ".join(problems))
+
+
+def _relations(cfg, problems: list[str]) -> list[str]:
+  """Checks between fields that are each valid on their own."""
+  bad = lambda path: any(p.startswith(f"config.{path}=") for p in problems)
+  out = []
+  crop, stride = cfg.input.crop_size, cfg.model.output_stride
+  if not bad("input.crop_size") and _is_number(stride) and crop < stride:
+    out.append(f"config.input.crop_size={crop}: expected at least config.model.output_stride={stride} (the "
+               "network's feature maps would be empty)")
+  lo, hi = cfg.input.scale_min, cfg.input.scale_max
+  if not bad("input.scale_min") and not bad("input.scale_max") and lo > hi:
+    out.append(f"config.input.scale_min={lo} is above config.input.scale_max={hi}: expected scale_min <= scale_max")
+  if not bad("optim.momentum") and cfg.optim.momentum >= 1:
+    out.append(f"config.optim.momentum={cfg.optim.momentum}: expected a number below 1 (the SGD momentum)")
+  end = cfg.schedule.end_lr
+  for path in ("schedule.base_lr", "schedule.inc_lr"):
+    lr = _field(cfg, path)
+    if not bad("schedule.end_lr") and not bad(path) and end > lr:
+      out.append(f"config.schedule.end_lr={end} is above config.{path}={lr}: expected the poly schedule to decay "
+                 "from the step's learning rate down to end_lr")
+  return out
 
 
 def _check_method(cfg) -> None:

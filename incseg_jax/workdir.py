@@ -1,17 +1,19 @@
 """Which saved things belong to this experiment: the workdir's config, its checkpoints, `init_from`.
 
-A workdir holds one experiment: `check_workdir` saves the config beside the
-checkpoints or refuses a run of another experiment there. Each task step's
-checkpoints carry an identity (dataset, model, classes per head), checked
-before they serve as a resume point, a teacher, an evaluation or another
-run's base model (`init_from`).
+A workdir holds one experiment, run by one process at a time: `locked` holds
+it for a run (a second run is refused naming the first), `check_workdir`
+saves the config beside the checkpoints or refuses a run of another
+experiment there. Each task step's checkpoints carry an identity (dataset,
+model, classes per head), checked before they serve as a resume point, a
+teacher, an evaluation or another run's base model (`init_from`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 
@@ -23,6 +25,67 @@ from incseg_jax import losses
 from incseg_jax import methods
 
 CONFIG_FILE = "config.json"
+_CONFIG_WHAT = "the config of the run in this workdir"
+_CONFIG_REMEDY = ("Delete it to save this run's config there anew (the checkpoints stay protected by their "
+                  "identity.json files), or use a new --workdir.")
+_PURPOSE = "a run writes its checkpoints, logs and results there"
+
+
+def check_path(workdir: str, write: bool = True) -> None:
+  """Refuses a `--workdir` that cannot be a run directory, before anything is read or written.
+
+  Args:
+    workdir: the `--workdir` value.
+    write: the command writes there (train), not only reads (evaluate).
+
+  Raises:
+    ValueError: empty, an existing file, or (`write`) not writable; the
+      message names the path and what was expected.
+  """
+  if not workdir:
+    raise ValueError("--workdir is empty: expected the path of a run directory (created if missing); "
+                     f"{_PURPOSE}")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir {workdir} is an existing file, not a directory; expected a run directory "
+                     f"(created if missing): {_PURPOSE}. Choose another --workdir.")
+  problem = files.unwritable(workdir) if write else None
+  if problem:
+    raise ValueError(f"workdir {workdir} {problem}; expected a directory this process can create and write: "
+                     f"{_PURPOSE}. Make it writable or choose another --workdir.")
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+  """Holds `workdir` for one run: checked (`check_path`), created if missing, locked (`files.hold_lock`).
+
+  A second run on the same workdir is refused at once, naming the holder's
+  process; the lock goes with the process, so a crashed run's workdir is
+  taken over by the next. Directories this call created are removed again if
+  the run left them empty (a run refused by a later check writes nothing).
+  Only process 0 of a multi-host run locks: the others share its workdir.
+
+  Raises:
+    ValueError: see `check_path`; files.LockedError: another run holds it.
+  """
+  check_path(workdir)
+  if jax.process_index() != 0:
+    yield
+    return
+  created = []
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    created.append(path)
+    path = os.path.dirname(path)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    with files.hold_lock(workdir, what="workdir"):
+      yield
+  finally:
+    for directory in created:  # deepest first; a directory with anything in it stays
+      try:
+        os.rmdir(directory)
+      except OSError:
+        break
 
 
 def check_workdir(config, workdir: str, allow_change: bool = False, verify: Callable[[], None] | None = None) -> None:
@@ -48,9 +111,8 @@ def check_workdir(config, workdir: str, allow_change: bool = False, verify: Call
   path = os.path.join(workdir, CONFIG_FILE)
   archive = None
   if os.path.exists(path):
-    with open(path) as f:
-      old_text = f.read()
-    differences = config_differences(config, old_text)
+    old_text = files.read_text(path, _CONFIG_WHAT, _CONFIG_REMEDY)
+    differences = config_differences(config, old_text, path)
     if differences and not allow_change:
       raise ValueError(f"workdir {workdir} holds a different experiment ({path}); differing fields "
                        f"(saved vs now):\n  " + "\n  ".join(differences) +
@@ -71,14 +133,18 @@ def check_workdir(config, workdir: str, allow_change: bool = False, verify: Call
     files.write_text_atomic(path, config_lib.to_json(config))
 
 
-def config_differences(config, saved_text: str) -> list[str]:
+def config_differences(config, saved_text: str, path: str = CONFIG_FILE) -> list[str]:
   """The fields that make `config` another experiment than the saved config.json text.
 
   Fields that do not change results (`config_lib.VOLATILE_FIELDS`) are left
   out; a field added since the file was saved counts as equal at its default
   (a loss option: at the term's keyword default).
+
+  Raises:
+    files.CorruptFileError: `saved_text` is not JSON (`path` names the file).
   """
-  saved = config_lib.experiment_fields(config_lib.from_json(saved_text))
+  saved = config_lib.experiment_fields(config_lib.from_dict(
+      files.parse_json(saved_text, path, _CONFIG_WHAT, _CONFIG_REMEDY)))
   defaults = config_lib.defaults_dict()
   # A loss option added since the file was saved counts as equal at the term's default.
   defaults["loss_options"] = {term: losses.option_defaults(term) for term in config.loss_options
@@ -90,13 +156,12 @@ def read_config(workdir: str, flag: str = "--workdir"):
   """The config a run saved in `workdir`.
 
   Raises:
-    ValueError: no run there.
+    ValueError: no run there; files.CorruptFileError: a damaged config.json.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise ValueError(f"{flag}={workdir}: no {CONFIG_FILE} there, not a run directory of this tool")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
+  return config_lib.from_dict(files.read_json(path, _CONFIG_WHAT, _CONFIG_REMEDY))
 
 
 def step_identity(exp: experiment_lib.Experiment, task_index: int) -> dict[str, Any]:
@@ -124,9 +189,15 @@ def check_step_identity(exp: experiment_lib.Experiment, workdir: str, task_index
 
 
 def check_checkpoints(exp: experiment_lib.Experiment, workdir: str) -> None:
-  """Every task step's saved states in `workdir` must be this experiment's."""
+  """Every task step's saved states in `workdir` must be this experiment's, and its done.json readable.
+
+  Reading each finished step's record here, before anything is written,
+  refuses a damaged one before the run changes the workdir.
+  """
   for k in range(exp.num_steps):
     check_step_identity(exp, workdir, k, what="this run")
+    if checkpointing.is_done(workdir, k):
+      checkpointing.read_done(workdir, k)
 
 
 def restore_step(exp: experiment_lib.Experiment, workdir: str, task_index: int, mesh) -> dict[str, Any]:

@@ -25,8 +25,10 @@ def test_comparison_rows_and_hand_computed_means():
   joint = run("joint", task="joint", steps=[{"new_classes": ["a", "b", "c"],
                                              "metrics": metrics(NAMES, [0.9, 0.7, 0.5, 0.4])}])
   head, rows = reporting.comparison([ft, joint])
-  assert head == ["method", "bg", "a", "b", "c", "mIoU old (2)", "mIoU new (1)", "mIoU", "mPA", "mCA"]
-  assert rows[0] == ["ft", "80.0", "10.0", "30.0", "50.0", "20.0", "50.0", "42.5", "90.0", "60.0"]
+  assert head == ["method", "bg", "a", "b", "c", "mIoU old (2)", "mIoU new (1)", "mIoU", "mPA", "mCA", "avg mIoU",
+                  "forgetting", "HM"]
+  # HM = 2 * 0.2 * 0.5 / 0.7; these records have no new_channels, so no forgetting or average.
+  assert rows[0] == ["ft", "80.0", "10.0", "30.0", "50.0", "20.0", "50.0", "42.5", "90.0", "60.0", "-", "-", "28.6"]
   assert rows[1][0] == "M0 (step 0)" and rows[1][4] == "-" and rows[1][5] == "70.0" and rows[1][6] == "-"
   assert rows[2][0] == "joint" and rows[2][5] == "60.0" and rows[2][6] == "40.0"
   csv_text = reporting.comparison_csv(head, rows)

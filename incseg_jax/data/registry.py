@@ -53,9 +53,7 @@ def _shapes(dataset_cfg) -> tuple[Any, DatasetMeta]:
   from incseg_jax.data import shapes  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # one line from us instead of redrawn bars in logs
   data_dir = dataset_cfg.data_dir or default_data_dir()
-  if not os.path.isdir(os.path.join(data_dir, "shapes", dataset_cfg.builder_config)):
-    print(f"building the shapes dataset ({dataset_cfg.builder_config}) into {data_dir} (once)", flush=True)
-  builder = shapes.build(data_dir=data_dir, config=dataset_cfg.builder_config)
+  builder = shapes.build(data_dir=data_dir, config=dataset_cfg.builder_config, log=lambda m: print(m, flush=True))
   return builder, meta("shapes")
 
 

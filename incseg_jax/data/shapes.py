@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from incseg_jax import files
+
 NUM_CLASSES = 21  # background + 20 foreground classes, like VOC.
 IGNORE_LABEL = 255
 _BASE_SEED = 17492024
@@ -368,17 +370,33 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       yield example["id"], example
 
 
-def build(data_dir: str | None = None, config: str = "default") -> Shapes:
+def build(data_dir: str | None = None, config: str = "default", log=None) -> Shapes:
   """Prepares the `shapes` dataset (idempotent) and returns its builder.
 
   Args:
     data_dir: TFDS data directory; None uses the TFDS default.
     config: Builder config name ("default" or "tiny").
+    log: called with one line before a build starts (nothing when the
+      records exist).
 
   Returns:
     The prepared builder; call `.as_dataset(split=...)` on it.
+
+  Raises:
+    ValueError: the records must be built but the data dir is not writable
+      (checked first: tfds would fail deep inside with a traceback).
   """
   builder = Shapes(config=config, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  root = data_dir or builder.data_dir_root
+  problem = files.unwritable(root)
+  if problem:
+    raise ValueError(f"data dir {root} {problem}, but the shapes dataset ({config}) is not built there yet and "
+                     "must be written into it (once); expected a writable directory: make it writable, or point "
+                     "INCSEG_DATA_DIR or --config.dataset.data_dir at a writable one")
+  if log:
+    log(f"building the shapes dataset ({config}) into {root} (once)")
   # try_download_gcs=False: never look for a pre-built copy online.
   builder.download_and_prepare(
     download_config=tfds.download.DownloadConfig(try_download_gcs=False)

@@ -22,6 +22,7 @@ import time
 
 import flax
 
+from incseg_jax import files
 from incseg_jax.data import registry
 from incseg_jax.models import resnet_names
 from incseg_jax.models import weight_files
@@ -88,6 +89,12 @@ def resolve(path, model_cfg, data_dir=None, **overrides) -> str:
   target = builtin_path(model_cfg, data_dir)
   if os.path.exists(target):
     return target
+  problem = files.unwritable(os.path.dirname(target))
+  if problem:  # checked before a build of minutes, which would fail at its first write with a traceback
+    raise ValueError(
+        f'config.pretrained={BUILTIN!r}: the backbone is not built yet and must be written (once) to {target}, '
+        f'but {os.path.dirname(target)} {problem}; expected a writable data dir: make it writable, point '
+        'INCSEG_DATA_DIR or --config.dataset.data_dir at a writable one, or pass --config.pretrained=FILE')
   os.makedirs(os.path.dirname(target), exist_ok=True)
   # Concurrent runs (test workers, parallel experiments) build it once: the first takes the lock, the
   # others wait and then find the file, which `pretrain.write` renames into place only when complete.
