@@ -223,21 +223,27 @@ def comparison_csv(head: list[str], rows: list[list[str]]) -> str:
 
 # Sweeps: one row per method, mean and spread over seeds of the final-step scores.
 
-SWEEP_SCORES = (("mIoU old", "miou_old"), ("mIoU new", "miou_new"), ("mIoU all", "miou"))
+SWEEP_SCORES = (("mIoU old", "miou_old"), ("mIoU new", "miou_new"), ("mIoU all", "miou"), ("HM", "harmonic_mean"),
+                ("avg mIoU", "avg_miou"), ("forgetting", "forgetting"))
 
 
 def final_scores(res: dict[str, Any], base: Sequence[str] | None,
                  added: Sequence[str] | None) -> dict[str, float | None]:
-  """mIoU over the `base` classes, the `added` ones and all classes at a run's final step.
+  """mIoU over the `base` classes, the `added` ones and all classes at a run's final step, and the run's summaries.
 
   As `comparison` scores a row: `base` are the step-0 classes of the
   scenario (the "old" column), `added` the classes of the later steps; None
-  for a group not given or with no class present in the ground truth.
+  for a group not given or with no class present in the ground truth. Also
+  the harmonic mean of those two, and (incremental runs) the average
+  incremental mIoU and the forgetting (`incseg_jax/continual.py`).
   """
   m = res["steps"][-1]["metrics"]
-  return {"miou_old": _mean_over(m, base) if base is not None else None,
-          "miou_new": _mean_over(m, added) if added is not None else None,
-          "miou": m["miou"]}
+  old = _mean_over(m, base) if base is not None else None
+  new = _mean_over(m, added) if added is not None else None
+  steps = res["steps"]
+  run = continual.summary(steps) if len(steps) > 1 and all("new_channels" in st for st in steps) else {}
+  return {"miou_old": old, "miou_new": new, "miou": m["miou"], "harmonic_mean": continual.harmonic_mean(old, new),
+          "avg_miou": run.get("avg_miou"), "forgetting": run.get("forgetting")}
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -296,7 +302,7 @@ def sweep_summary(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 def _sweep_head(summary: dict[str, Any]) -> list[str]:
   count = lambda classes: f" ({len(classes)})" if classes is not None else ""
   return ["method", "n", f"mIoU old{count(summary['base_classes'])}", f"mIoU new{count(summary['added_classes'])}",
-          "mIoU all"]
+          "mIoU all"] + [label for label, _ in SWEEP_SCORES[3:]]
 
 
 def sweep_markdown(summary: dict[str, Any]) -> str:
@@ -304,7 +310,8 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
   title = " ".join(str(summary[k]) for k in ("dataset", "task", "setting") if summary.get(k))
   title += f" ({summary['labeling']})" if summary.get("labeling") else ""
   head = _sweep_head(summary)
-  lines = [f"{title}: final-step mIoU (%), mean ± sample std over the n finished seeds".strip(), "",
+  lines = [f"{title}: final-step mIoU (%) and run summaries (docs/metrics.md), mean ± sample std over the n "
+           "finished seeds".strip(), "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in summary["methods"]:
     cells = [row["method"], str(row["n"])]

@@ -53,26 +53,33 @@ def test_sweep_summary_hand_computed():
   ft, mib, plop, joint = s["methods"]
   assert [r["method"] for r in s["methods"]] == ["ft", "mib", "plop", "joint"]
   assert ft["n"] == 2 and ft["seeds"] == [0, 1]
-  assert ft["per_seed"][1] == {"seed": 1, "miou_old": pytest.approx(0.5), "miou_new": 0.2, "miou": 0.44}
-  assert ft["mean"] == {"miou_old": pytest.approx(0.4), "miou_new": pytest.approx(0.4), "miou": pytest.approx(0.46)}
-  assert ft["std"] == {"miou_old": pytest.approx(math.sqrt(0.02)), "miou_new": pytest.approx(math.sqrt(0.08)),
-                       "miou": pytest.approx(math.sqrt(0.0008))}
+  # These records have no new_channels: no average incremental mIoU or forgetting; HM = 2 old new / (old + new).
+  assert ft["per_seed"][1] == {"seed": 1, "miou_old": pytest.approx(0.5), "miou_new": 0.2, "miou": 0.44,
+                               "harmonic_mean": pytest.approx(2 * 0.5 * 0.2 / 0.7), "avg_miou": None,
+                               "forgetting": None}
+  assert {k: ft["mean"][k] for k in ("miou_old", "miou_new", "miou")} == {
+      "miou_old": pytest.approx(0.4), "miou_new": pytest.approx(0.4), "miou": pytest.approx(0.46)}
+  assert ft["mean"]["harmonic_mean"] == pytest.approx((2 * 0.3 * 0.6 / 0.9 + 2 * 0.5 * 0.2 / 0.7) / 2)
+  assert {k: ft["std"][k] for k in ("miou_old", "miou_new", "miou")} == {
+      "miou_old": pytest.approx(math.sqrt(0.02)), "miou_new": pytest.approx(math.sqrt(0.08)),
+      "miou": pytest.approx(math.sqrt(0.0008))}
   assert mib["n"] == 1 and mib["mean"]["miou_old"] == pytest.approx(0.3) and mib["std"]["miou_old"] is None
   assert plop["n"] == 0 and plop["mean"]["miou"] is None
   # joint: scored on the incremental runs' class groups.
   assert joint["mean"]["miou_old"] == pytest.approx(0.6) and joint["mean"]["miou_new"] == pytest.approx(0.7)
 
   md = reporting.sweep_markdown(s).splitlines()
-  assert md[0].startswith("d 3-1 overlapped: final-step mIoU (%), mean ± sample std")
-  assert md[2] == "| method | n | mIoU old (3) | mIoU new (1) | mIoU all |"
-  assert md[4] == "| ft | 2 | 40.0 ± 14.1 | 40.0 ± 28.3 | 46.0 ± 2.8 |"
-  assert md[5] == "| mib | 1 | 30.0 ± - | 50.0 ± - | 50.0 ± - |"
-  assert md[6] == "| plop | 0 | - | - | - |"
+  assert md[0].startswith("d 3-1 overlapped: final-step mIoU (%) and run summaries")
+  assert md[2] == "| method | n | mIoU old (3) | mIoU new (1) | mIoU all | HM | avg mIoU | forgetting |"
+  assert md[4] == "| ft | 2 | 40.0 ± 14.1 | 40.0 ± 28.3 | 46.0 ± 2.8 | 34.3 ± 8.1 | - | - |"  # HM 0.4 and 0.2857
+  assert md[5] == "| mib | 1 | 30.0 ± - | 50.0 ± - | 50.0 ± - | 37.5 ± - | - | - |"
+  assert md[6] == "| plop | 0 | - | - | - | - | - | - |"
   rows = reporting.sweep_csv(s).splitlines()
-  assert rows[0] == "method,n,miou_old_mean,miou_old_std,miou_new_mean,miou_new_std,miou_mean,miou_std"
-  assert rows[1] == "ft,2,0.400000,0.141421,0.400000,0.282843,0.460000,0.028284"
-  assert rows[2] == "mib,1,0.300000,,0.500000,,0.500000,"
-  assert rows[3] == "plop,0,,,,,,"
+  assert rows[0] == ("method,n,miou_old_mean,miou_old_std,miou_new_mean,miou_new_std,miou_mean,miou_std,"
+                     "harmonic_mean_mean,harmonic_mean_std,avg_miou_mean,avg_miou_std,forgetting_mean,forgetting_std")
+  assert rows[1].startswith("ft,2,0.400000,0.141421,0.400000,0.282843,0.460000,0.028284,0.342857,")
+  assert rows[2] == "mib,1,0.300000,,0.500000,,0.500000,,0.375000,,,,,"
+  assert rows[3] == "plop,0,,,,,,,,,,,,"
 
 
 def test_sweep_summary_refuses_mixed_scenarios_and_takes_no_runs():
