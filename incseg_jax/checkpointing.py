@@ -5,6 +5,10 @@ Layout under the workdir:
   checkpoints/task_00/identity.json                 what the states are (model,
                                                     classes per head, dataset),
                                                     written before the first one
+  checkpoints/task_00/checksums.json                train step -> sha256 of each
+                                                    file of that step's directory,
+                                                    written (atomically) after each
+                                                    save, verified before a restore
   checkpoints/task_00/done.json                     written (atomically) once the
                                                     step's final state is saved
                                                     and evaluated
@@ -20,7 +24,9 @@ next writer opens the directory).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -38,6 +44,31 @@ NoSpaceError = files.NoSpaceError
 
 
 METHOD_ITEM = "method"
+CHECKSUMS_FILE = "checksums.json"
+_HASH_CHUNK = 1 << 20
+
+
+class ChecksumError(CheckpointMismatchError):
+  """A saved checkpoint whose files no longer match the checksums recorded when it was written."""
+
+  def __init__(self, message: str, where: str, problem: str):
+    super().__init__(message)
+    self.where, self.problem = where, problem
+
+
+def step_checksums(step_dir: str) -> dict[str, str]:
+  """sha256 of every file under `step_dir`, by path relative to it (sorted, '/'-separated)."""
+  out = {}
+  for parent, dirs, names in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(parent, name)
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+          digest.update(chunk)
+      out[os.path.relpath(path, step_dir).replace(os.sep, "/")] = digest.hexdigest()
+  return dict(sorted(out.items()))
 
 
 def task_dir(workdir: str, task_index: int) -> str:
@@ -85,12 +116,77 @@ class TaskCheckpointer:
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
       self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        self._record_checksums(step)
     except Exception as e:  # pylint: disable=broad-except
       if files.is_enospc(e):
         raise NoSpaceError(f"the disk filled up while writing a checkpoint in {self.directory} (train step "
                            f"{step}, about {files.tree_bytes(state):,} bytes); {self._kept_message()}. Free some "
                            "space and rerun the same command to resume.") from e
       raise
+
+  def _checksums_path(self) -> str:
+    return os.path.join(self.directory, CHECKSUMS_FILE)
+
+  def _read_checksums(self) -> dict[str, dict[str, str]]:
+    """train step (as str) -> {relative file: sha256}; {} when none were recorded (checkpoints of older versions)."""
+    path = self._checksums_path()
+    if not os.path.exists(path):
+      return {}
+    return files.read_json(path, f"the checksums of the checkpoints in {self.directory}",
+                           "Delete it to use those checkpoints unverified (the next save records new checksums).")
+
+  def _record_checksums(self, step: int) -> None:
+    """Adds step `step`'s checksums to checksums.json (atomically), dropping those of steps orbax deleted."""
+    sums = self._read_checksums()
+    kept = {str(s) for s in self._manager.all_steps()}
+    sums = {s: v for s, v in sums.items() if s in kept}
+    sums[str(step)] = step_checksums(os.path.join(self.directory, str(step)))
+    files.write_json_atomic(self._checksums_path(), sums)
+
+  def verify(self, step: int) -> bool:
+    """Checks step `step`'s files against checksums.json.
+
+    Returns:
+      True when verified, False when no checksum was recorded for it (written
+      before checksums existed, or killed between the save and the record).
+
+    Raises:
+      ChecksumError: a file differs, is missing or was added (named).
+    """
+    expected = self._read_checksums().get(str(step))
+    if expected is None:
+      return False
+    where = os.path.join(self.directory, str(step))
+    actual = step_checksums(where)
+    for name, digest in expected.items():
+      if name not in actual:
+        problem = f"{os.path.join(where, name)} is missing"
+        break
+      if actual[name] != digest:
+        problem = (f"{os.path.join(where, name)} differs from the checksum recorded when it was written "
+                   f"(sha256 {actual[name][:12]}…, recorded {digest[:12]}…)")
+        break
+    else:
+      extra = sorted(set(actual) - set(expected))
+      if not extra:
+        return True
+      problem = f"{os.path.join(where, extra[0])} was added after it was written"
+    raise ChecksumError(f"the checkpoint {where} is damaged: {problem} ({self._checksums_path()}). Its state "
+                        "cannot be trusted; delete that directory to fall back to an earlier checkpoint of this "
+                        "task step, or train the step again.", where, problem)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def set_aside(self, step: int) -> str:
+    """Moves a damaged step directory out of orbax's sight (kept for inspection); returns where it went."""
+    n = 0
+    while os.path.exists(target := os.path.join(self.directory, f"damaged_{step}" + (f".{n}" if n else ""))):
+      n += 1
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
 
   def _restore(self, step: int, **targets) -> Any:
     """Orbax restore whose failure says which checkpoint did not fit.
@@ -106,6 +202,7 @@ class TaskCheckpointer:
     """
     where = os.path.join(self.directory, str(step))
     hint = "Was it written by another experiment or version? Use a new --workdir."
+    self.verify(step)
     if METHOD_ITEM in targets and not os.path.isdir(os.path.join(where, METHOD_ITEM)):
       raise CheckpointMismatchError(
           f"cannot restore the checkpoint {where}: it holds no method state (no '{METHOD_ITEM}' item), which this "
@@ -143,6 +240,29 @@ class TaskCheckpointer:
                                   opt_state=out.train["opt_state"], step=out.train["step"],
                                   skipped=out.train["skipped"],
                                   method_state=out[METHOD_ITEM] if METHOD_ITEM in targets else None)
+
+  def restore_latest_intact(self, abstract_state: Any) -> Any:
+    """`restore_state` of the latest checkpoint, or of the latest intact one before it when it is damaged.
+
+    A damaged checkpoint is moved aside (`damaged_<step>`, kept for inspection) and the fallback said in one line.
+
+    Raises:
+      ChecksumError: every checkpoint of this task step is damaged (the latest one is named).
+    """
+    first_error = None
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore_state(abstract_state, step)
+      except ChecksumError as e:
+        first_error = first_error or e
+        continue
+      if first_error is not None:
+        kept = [self.set_aside(bad) for bad in self.all_steps() if bad > step]
+        print(f"warning: task step {self.task_index}: the checkpoint {first_error.where} is damaged: "
+              f"{first_error.problem}; falling back to the previous intact checkpoint (train step {step}); the "
+              f"damaged one is kept as {', '.join(kept)}", flush=True)
+      return state
+    raise first_error
 
   def restore_method_state(self, abstract_method_state: Any, step: int | None = None) -> Any:
     """Restores only the `method` item (the state the next task step, or an `init_from` run, starts from)."""

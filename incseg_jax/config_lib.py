@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   # build the records into data_dir; see incseg_jax/data/folder.py.
   c.dataset.manual_dir = ""
   c.dataset.skip_bad_records = False  # leave unusable records out (counted) instead of failing
+  # Rebuild the records from manual_dir although they exist (after manual_dir
+  # changed or its files did); a run never rebuilds them unasked.
+  c.dataset.rebuild = False
   # ADE20K / Cityscapes: label 0 is "void/other"; "background" trains and
   # evaluates it as the background channel (PLOP/UCD), "ignore" drops it (MiB).
   c.dataset.void = "background"
@@ -241,6 +244,7 @@ def experiment_fields(c: ml_collections.ConfigDict) -> dict:
   d = json.loads(c.to_json_best_effort())
   for key in VOLATILE_FIELDS:
     d.pop(key, None)
+  d.get("dataset", {}).pop("rebuild", None)  # how the records are made, not what they are
   return d
 
 

@@ -143,7 +143,8 @@ def plan_only(config, meta: registry.DatasetMeta, pixel_counts=None) -> tasks.Ta
   order = meta.named_orders.get(config.class_order, config.class_order)
   return tasks.make_plan(config.task, meta.num_fg, setting=config.setting, labeling=config.labeling or None,
                          order=order, seed=config.order_seed, pixel_counts=pixel_counts,
-                         ignore_label=meta.ignore_label, policy=label_policy(config, meta, method))
+                         ignore_label=meta.ignore_label, policy=label_policy(config, meta, method),
+                         zero_is_class=meta.zero_is_class)
 
 
 def label_policy(config, meta: registry.DatasetMeta, method: methods.Method) -> tasks.LabelPolicy:

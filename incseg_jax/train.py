@@ -160,7 +160,7 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
 
   start = 0
   if resuming:
-    state = ckpt.restore_state(checkpointing.abstract_like(state))
+    state = ckpt.restore_latest_intact(checkpointing.abstract_like(state))
     start = int(state.step)
     print(f"task step {k}: resuming at train step {start}/{num_steps} (checkpoint in {ckpt.directory})", flush=True)
 

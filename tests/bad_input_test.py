@@ -32,6 +32,7 @@ from incseg_jax import runtime
 from incseg_jax import sweep
 from incseg_jax import train
 from incseg_jax import workdir as workdir_lib
+from incseg_jax.testing.snapshots import snapshot
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RUNLOCAL = "--config=configs/shapes.py:task=19-1,runlocal"
@@ -59,16 +60,6 @@ def error_line(out) -> str:
   lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
   assert len(lines) == 1, out.stderr[-3000:]
   return lines[0]
-
-
-def snapshot(directory) -> dict:
-  """Every file under `directory` with its bytes: equal snapshots = nothing written or overwritten."""
-  out = {}
-  for base, _, names in os.walk(directory):
-    for name in names:
-      with open(os.path.join(base, name), "rb") as f:
-        out[os.path.relpath(os.path.join(base, name), directory)] = f.read()
-  return out
 
 
 def read_only(path):

@@ -252,6 +252,12 @@ def test_stateful_method_shares_step_0_only_with_its_own_state(smoke_config, tmp
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(checkpointing.task_dir(own, 0), str(latest), checkpointing.METHOD_ITEM))
   shutil.rmtree(checkpointing.task_dir(own, 1))
+  # Its checksum record notices first; ...
+  with pytest.raises(Exception, match=r"is damaged: .*method.* is missing"):
+    train.run(two_step_config(smoke_config, "task=19-1,method=ewc"), own)
+  # ... a checkpoint saved without the item (a stateless run's, or one from before checksums) is named as such.
+  sums = os.path.join(checkpointing.task_dir(own, 0), checkpointing.CHECKSUMS_FILE)
+  os.remove(sums)
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"holds no method state.*\['ewc'\]"):
     train.run(two_step_config(smoke_config, "task=19-1,method=ewc"), own)
 

@@ -18,14 +18,22 @@ mask as PNG, the list of classes present, the per-class pixel counts and the
 size. Bad records of every split are collected and reported together in one
 error after all splits were read, one line per file with the reason; `skip_bad_records=True` leaves them out instead and
 prints (and stores in the dataset metadata) how many were skipped.
+
+The records also store what they were built from (metadata `source`: the real
+path of `manual_dir` and a sha256 of its files' relative paths and sizes);
+`prepare` refuses to reuse them for another `manual_dir` or a changed tree
+unless `rebuild=True` (`config.dataset.rebuild`), and names records of an
+older builder version.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import os
+import shutil
 from typing import Iterator
 
 import numpy as np
@@ -59,6 +67,29 @@ class Record:
   id: str
   image: str
   label: str
+
+
+def source_fingerprint(manual_dir: str) -> dict:
+  """What records are built from: the directory (real path) and a cheap fingerprint of its tree.
+
+  The fingerprint is the sha256 of every file's relative path and size, in
+  sorted order (no contents are read: one `stat` per file).
+  """
+  root = os.path.realpath(manual_dir)
+  entries = []
+  for parent, dirs, names in os.walk(root):
+    dirs.sort()
+    for name in names:
+      path = os.path.join(parent, name)
+      try:
+        size = os.stat(path).st_size
+      except OSError:  # a dangling link
+        size = -1
+      entries.append(f"{os.path.relpath(path, root)}\t{size}\n")
+  entries.sort()
+  digest = hashlib.sha256("".join(entries).encode()).hexdigest()
+  total = sum(max(int(e.rsplit("\t", 1)[1]), 0) for e in entries)
+  return {"dir": root, "files": len(entries), "bytes": total, "sha256": digest}
 
 
 def read_list(path: str, what: str) -> list[str]:
@@ -135,6 +166,10 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """
   NUM_CLASSES: int = 0
   IGNORE_LABEL: int = 255
+  # The first class id listed in an example's "classes": 1 where label 0 is a
+  # background or void that selects no image (VOC, ADE20K, Cityscapes), 0 where
+  # it is a real class (MSRC's building).
+  FIRST_LISTED_CLASS: int = 1
   CLASS_NAMES: tuple[str, ...] = ()
   PALETTE: np.ndarray = np.zeros((0, 3), np.uint8)
 
@@ -185,6 +220,8 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
     self._bad: dict[str, tuple[int, list[str]]] = {}
+    # Stored with the records: a later run whose manual_dir differs or changed is told (see `prepare`).
+    self.info.metadata["source"] = source_fingerprint(os.fspath(dl_manager.manual_dir))
     super()._download_and_prepare(dl_manager, download_config)
     if self._bad and not self._skip_bad_records:
       # Every split has been read, so all bad records are reported at once.
@@ -239,35 +276,94 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     else:
       encoded = np.asarray(image.convert("RGB"))
     counts = np.bincount(label.ravel(), minlength=256)[:self.NUM_CLASSES].astype(np.int64)
+    first = self.FIRST_LISTED_CLASS
     return {
         "image": encoded,
         "label": label[..., None],
-        "classes": (np.flatnonzero(counts[1:]) + 1).astype(np.int32),
+        "classes": (np.flatnonzero(counts[first:]) + first).astype(np.int32),
         "pixel_counts": counts,
         "size": np.asarray([height, width], np.int32),
         "id": record.id,
     }
 
 
+_REBUILD = "--config.dataset.rebuild=True"
+
+
+def _size(n: int, b: int) -> str:
+  return f"{n:,} files, {b:,} bytes"
+
+
+def check_source(builder, manual_dir: str) -> None:
+  """Checks that built records come from `manual_dir` as it is now (see `source_fingerprint`).
+
+  Records of an older version, which recorded no source, are accepted with a
+  one-line note; without `manual_dir` there is nothing to compare.
+
+  Raises:
+    ValueError: `manual_dir` is another directory, or its tree changed since the build (both named).
+  """
+  source = dict(builder.info.metadata.get("source", None) or {})
+  where = f"the {builder.name} records in {builder.data_dir}"
+  if not source:
+    print(f"note: {where} were built by an older version that did not record their source directory; reusing "
+          f"them (pass {_REBUILD} with config.dataset.manual_dir to rebuild them)", flush=True)
+    return
+  if not manual_dir:
+    return
+  now = os.path.realpath(manual_dir)
+  if now != source["dir"]:
+    raise ValueError(f"config.dataset.manual_dir={manual_dir!r} ({now}) is not the directory {where} were built "
+                     f"from ({source['dir']}); pass {_REBUILD} to rebuild them from {now} (once), or point "
+                     f"config.dataset.manual_dir at {source['dir']}")
+  if not os.path.isdir(now):
+    raise FileNotFoundError(f"config.dataset.manual_dir={manual_dir!r}: directory not found")
+  current = source_fingerprint(now)
+  if current["sha256"] != source["sha256"]:
+    raise ValueError(f"{now} has changed since {where} were built from it (files added, removed or resized: then "
+                     f"{_size(source['files'], source['bytes'])}, now {_size(current['files'], current['bytes'])}); "
+                     f"pass {_REBUILD} to rebuild them from it (once), or restore the directory as it was")
+
+
 def prepare(builder_cls, *, data_dir: str, manual_dir: str, config: str | None = None,
-            skip_bad_records: bool = False):
+            skip_bad_records: bool = False, rebuild: bool = False):
   """Builds the records of a FolderBuilder once (idempotent) and returns the builder.
 
   Args:
     builder_cls: the dataset's FolderBuilder subclass.
     data_dir: tfds data directory where the records are written.
-    manual_dir: the publisher's directory (only read when records are missing).
+    manual_dir: the publisher's directory (read when records are missing; its
+      path and tree are compared with those the records were built from).
     config: builder config name, or None for the default.
     skip_bad_records: leave unusable records out instead of failing.
+    rebuild: delete built records and build them again from `manual_dir`,
+      unless they were built from it as it is now.
 
   Raises:
-    FileNotFoundError: the records are not built yet and `manual_dir` is empty
-      or missing.
+    FileNotFoundError: the records are not built yet (or `rebuild`) and
+      `manual_dir` is empty or missing.
+    ValueError: built records come from another directory or an older state
+      of `manual_dir` (`check_source`).
   """
   tfds.disable_progress_bar()
   builder = builder_cls(data_dir=data_dir, config=config, skip_bad_records=skip_bad_records)
-  if builder.is_prepared():
+  if builder.is_prepared() and not rebuild:
+    check_source(builder, manual_dir)
     return builder
+  if builder.is_prepared() and manual_dir and builder.info.metadata.get("source", None):
+    try:
+      check_source(builder, manual_dir)
+    except (ValueError, FileNotFoundError):
+      pass  # they differ: rebuilt below
+    else:  # a flag left on (e.g. in a sweep) never rebuilds records that match their source
+      print(f"{_REBUILD}: the {builder_cls.name} records in {builder.data_dir} were built from {manual_dir} as it "
+            "is now; not rebuilt", flush=True)
+      return builder
+  if not builder.is_prepared():
+    _explain_older_version(builder_cls, builder, manual_dir)
+  elif not manual_dir:
+    raise FileNotFoundError(f"{_REBUILD}: config.dataset.manual_dir is not set; point it at the directory to "
+                            f"rebuild the {builder_cls.name} records in {builder.data_dir} from")
   if not manual_dir:
     raise FileNotFoundError(
         f"dataset {builder_cls.name} is not built in {data_dir} and config.dataset.manual_dir is not set; "
@@ -277,8 +373,29 @@ def prepare(builder_cls, *, data_dir: str, manual_dir: str, config: str | None =
   if not os.listdir(manual_dir):
     raise FileNotFoundError(f"config.dataset.manual_dir={manual_dir!r} is empty; expected:\n"
                             f"{builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  if builder.is_prepared():  # rebuild: manual_dir was checked above, the old records go now
+    print(f"{_REBUILD}: deleting the {builder_cls.name} records in {builder.data_dir}", flush=True)
+    shutil.rmtree(builder.data_dir)
+    builder = builder_cls(data_dir=data_dir, config=config, skip_bad_records=skip_bad_records)
   print(f"building {builder_cls.name} ({builder.builder_config.name if builder.builder_config else 'default'}) "
         f"from {manual_dir} into {data_dir} (once)", flush=True)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, try_download_gcs=False))
   return builder
+
+
+def _explain_older_version(builder_cls, builder, manual_dir: str) -> None:
+  """Names records of an older builder version beside the missing ones (rebuilt from `manual_dir`, else refused)."""
+  config_dir = os.path.dirname(os.fspath(builder.data_dir))
+  current = str(builder_cls.VERSION)
+  older = sorted(v for v in (os.listdir(config_dir) if os.path.isdir(config_dir) else [])
+                 if v != current and os.path.isfile(os.path.join(config_dir, v, "dataset_info.json")))
+  if not older:
+    return
+  why = builder_cls.RELEASE_NOTES.get(current, "")
+  message = (f"the {builder_cls.name} records in {os.path.join(config_dir, older[-1])} were built by version "
+             f"{older[-1]}, which this version ({current}) cannot use: {why}")
+  if not manual_dir:
+    raise FileNotFoundError(f"{message}; point config.dataset.manual_dir at the dataset's directory to build "
+                            f"version {current} (once)")
+  print(f"note: {message}; building version {current} from {manual_dir}", flush=True)

@@ -12,7 +12,8 @@ The remaining 21 classes keep the dataset's order and get ids 0..20:
 MSRC has no background class: every one of the 21 is a real class, so
 VOID_IS_ZERO = False. The framework always learns class id 0 in the first
 step (it is the "background" channel elsewhere); here that slot holds
-building, which is therefore always in step 0. The first paper's scenarios
+building, which is therefore always in step 0, and an image holding building
+(even alone) is a training image of step 0 (ZERO_IS_CLASS). The first paper's scenarios
 M0(0-19)+boat and M0(0-15)+5 start from all but the rarest 1 or 5 classes
 (boat; chair, aeroplane, dog, bird, boat by its occurrence order). Building is
 not among them, so an order over classes 1..20 that ends with those classes
@@ -38,6 +39,7 @@ from incseg_jax.data import folder
 NAME = "msrc"
 IGNORE_LABEL = 255
 VOID_IS_ZERO = False
+ZERO_IS_CLASS = True  # id 0 (building) is a class learned in step 0 that selects images, not a background
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "test"
 DIR_NAME = "MSRC_ObjCategImageDatabase_v2"
@@ -163,8 +165,10 @@ class Builder(folder.FolderBuilder, skip_registration=True):
   """MSRC-v2: 21 classes (horse and mountain excluded), TextonBoost train+val / test split."""
 
   name = "incseg_msrc"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: 21 classes, horse / mountain / void ignored."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: 21 classes, horse / mountain / void ignored.",
+                   "1.1.0": "each image's class list includes id 0 (building, a real class: 1.0.0 left it out, so "
+                            "an image holding only building was never chosen)"}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="default", description="TextonBoost split.")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Download MSRC-v2 (MSRC_ObjCategImageDatabase_v2.zip, Microsoft Research
@@ -184,6 +188,7 @@ class Builder(folder.FolderBuilder, skip_registration=True):
   IGNORE_LABEL = IGNORE_LABEL
   CLASS_NAMES = CLASS_NAMES
   PALETTE = PALETTE
+  FIRST_LISTED_CLASS = 0  # building is a real class
 
   def list_records(self, root: str) -> dict[str, list[folder.Record]]:
     root = find_root(root)

@@ -28,6 +28,9 @@ class DatasetMeta:
     palette: (num_classes, 3) uint8 RGB colours for visualisation.
     void_is_zero: label 0 means unlabelled/void (ADE20K, Cityscapes), not a
       real background class; `config.dataset.void` decides how it is used.
+    zero_is_class: label 0 is a real class learned in step 0 (MSRC's
+      building), so an image holding it is a training image of step 0; on
+      the other datasets label 0 selects no image.
     named_orders: published class orders of this dataset, by name, usable as
       `config.class_order` (e.g. VOC's "ilt_frequency").
   """
@@ -37,6 +40,7 @@ class DatasetMeta:
   class_names: tuple[str, ...]
   palette: np.ndarray
   void_is_zero: bool = False
+  zero_is_class: bool = False
   named_orders: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
   @property
@@ -73,7 +77,8 @@ def _folder_loader(module_name: str) -> Callable[[Any], tuple[Any, DatasetMeta]]
     manual_dir = os.path.expanduser(dataset_cfg.manual_dir) if dataset_cfg.manual_dir else ""
     config = module.resolve_config(manual_dir, dataset_cfg.builder_config, data_dir=data_dir)
     builder = folder.prepare(module.Builder, data_dir=data_dir, manual_dir=manual_dir, config=config,
-                             skip_bad_records=dataset_cfg.skip_bad_records)
+                             skip_bad_records=dataset_cfg.skip_bad_records,
+                             rebuild=bool(getattr(dataset_cfg, "rebuild", False)))
     skipped = dict(builder.info.metadata.get("skipped_records", {}) or {})
     if any(skipped.values()):
       print(f"note: {module.NAME} records were built with skip_bad_records; skipped per split: {skipped}",
@@ -99,6 +104,7 @@ def meta(name: str) -> DatasetMeta:
   return DatasetMeta(name=getattr(module, "NAME", name), num_classes=module.NUM_CLASSES,
                      ignore_label=module.IGNORE_LABEL, class_names=tuple(module.CLASS_NAMES),
                      palette=np.asarray(module.PALETTE), void_is_zero=getattr(module, "VOID_IS_ZERO", False),
+                     zero_is_class=getattr(module, "ZERO_IS_CLASS", False),
                      named_orders=_NAMED_ORDERS.get(name, {}))
 
 

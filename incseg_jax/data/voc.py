@@ -35,6 +35,8 @@ EVAL_SPLIT = "val"
 
 _AUTO_NAMES = ("auto", "", "default")
 _AUG_LIST = "train_aug.txt"
+# The SBD train list's names and places in common layouts: ours, MiB's `splits/train_aug.txt`, DeepLab's `trainaug.txt`.
+_AUG_LISTS = ("train_aug.txt", "trainaug.txt")
 _AUG_DIR = "SegmentationClassAug"
 # Modes whose pixel values are the class ids themselves (palette indices / gray).
 _INDEX_MODES = ("P", "L")
@@ -79,8 +81,10 @@ def find_voc2012(manual_dir: str) -> str:
 
 
 def _aug_list_candidates(manual_dir: str, voc2012: str) -> list[str]:
-  return [os.path.join(voc2012, "ImageSets", "Segmentation", _AUG_LIST), os.path.join(voc2012, _AUG_LIST),
-          os.path.join(manual_dir, _AUG_LIST)]
+  dirs = [os.path.join(voc2012, "ImageSets", "Segmentation"), voc2012, os.path.join(voc2012, "splits"), manual_dir,
+          os.path.join(manual_dir, "splits")]
+  out = [os.path.join(d, name) for name in _AUG_LISTS for d in dirs]
+  return list(dict.fromkeys(out))  # manual_dir may be voc2012 itself
 
 
 def _aug_dir_candidates(manual_dir: str, voc2012: str) -> list[str]:
@@ -101,7 +105,7 @@ def find_sbd(manual_dir: str) -> tuple[str | None, str | None, str]:
   aug_dir = next((p for p in dirs if os.path.isdir(p)), None)
   missing = []
   if aug_list is None:
-    missing.append(f"list {_AUG_LIST} (looked for {', '.join(lists)})")
+    missing.append(f"list {' or '.join(_AUG_LISTS)} (looked for {', '.join(lists)})")
   if aug_dir is None:
     missing.append(f"directory {_AUG_DIR} (looked for {', '.join(dirs)})")
   return aug_list, aug_dir, "; ".join(missing)
@@ -153,8 +157,20 @@ def resolve_config(manual_dir: str, requested: str, *, data_dir: str | None = No
     return "aug"
   if name == "aug":
     raise FileNotFoundError(f"Pascal VOC config 'aug' needs the SBD augmented set: {missing}")
-  print(f"Pascal VOC: SBD not found ({missing}); training uses VOC-only train.txt (1,464 images)", flush=True)
+  print(f"WARNING: Pascal VOC: SBD not found ({missing}); training falls back to the VOC-only train.txt with "
+        f"{_count_train(manual_dir)} instead of SBD's train_aug (10,582 in the real data, the papers' training set); "
+        "add SBD, or pass --config.dataset.builder_config=voc_only to choose this set", flush=True)
   return "voc_only"
+
+
+def _count_train(manual_dir: str) -> str:
+  """"N images" of the official train.txt under `manual_dir`, or why it cannot be counted."""
+  path = os.path.join(find_voc2012(manual_dir), "ImageSets", "Segmentation", "train.txt")
+  try:
+    n = len(folder.read_list(path, "Pascal VOC train"))
+  except (FileNotFoundError, ValueError) as e:
+    return f"? images ({e})"
+  return f"{n:,} image{'s' if n != 1 else ''}"
 
 
 def list_ids(path: str, what: str) -> list[str]:
@@ -185,7 +201,8 @@ VOCdevkit/VOC2012/ itself), as extracted from VOCtrainval_11-May-2012.tar:
     SegmentationClassAug/<id>.png         SBD augmented masks ("aug" config only):
                                           single-channel PNGs of class ids, 255 = void
     ImageSets/Segmentation/train_aug.txt  SBD list ("aug" config only); also accepted at
-                                          VOC2012/train_aug.txt or <manual_dir>/train_aug.txt;
+                                          VOC2012/, VOC2012/splits/ (MiB's layout), <manual_dir>/ or
+                                          <manual_dir>/splits/, and named trainaug.txt (DeepLab's name);
                                           lines are ids or "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
 
 SegmentationClassAug may also sit directly in manual_dir. Without the SBD files

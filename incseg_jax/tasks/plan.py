@@ -68,6 +68,8 @@ class TaskStep:
     setting: The plan's setting; decides `keep_train_image`.
     future_classes: Original foreground ids learned in later steps. Together with `old_classes` and `new_classes`
       these are all foreground classes, which lets `keep_train_image` discard background, ignore and junk values.
+    zero_is_class: Step 0 of a dataset whose label 0 is a real class (MSRC's building): 0 counts as a new class of
+      this step in `keep_train_image`, so an image holding only it is chosen.
   """
 
   index: int
@@ -82,6 +84,7 @@ class TaskStep:
   eval_lut: np.ndarray = dataclasses.field(repr=False, compare=False)
   setting: str = "overlapped"
   future_classes: tuple[int, ...] = ()
+  zero_is_class: bool = False
 
   @property
   def seen_classes(self) -> tuple[int, ...]:
@@ -102,9 +105,10 @@ class TaskStep:
     Returns:
       True if the image belongs to this step's training set.
     """
-    fg = frozenset(self.old_classes) | frozenset(self.new_classes) | frozenset(self.future_classes)
+    new = frozenset(self.new_classes) | (frozenset({0}) if self.zero_is_class else frozenset())
+    fg = frozenset(self.old_classes) | new | frozenset(self.future_classes)
     ids = _fg_ids(present, fg)
-    if not ids.intersection(self.new_classes):
+    if not ids.intersection(new):
       return False
     if self.setting == "overlapped":
       return True
@@ -226,6 +230,7 @@ def make_plan(
   pixel_counts=None,
   ignore_label: int = 255,
   policy: labels.LabelPolicy = labels.LabelPolicy(),
+  zero_is_class: bool = False,
 ) -> TaskPlan:
   """Builds the task plan of a scenario.
 
@@ -267,6 +272,8 @@ def make_plan(
     pixel_counts: Per-class training pixel counts for `order="frequency"`.
     ignore_label: Ignore value, in `num_fg + 1 .. 255`.
     policy: The label conventions (void in training, raw label 0, unseen classes in evaluation).
+    zero_is_class: Label 0 is a real class learned in step 0 (MSRC's building): an image holding it is a training
+      image of step 0 (elsewhere label 0 is background and selects no image).
 
   Returns:
     The `TaskPlan`.
@@ -321,6 +328,7 @@ def make_plan(
         eval_lut=eval_lut,
         setting=setting,
         future_classes=class_order[start + size :],
+        zero_is_class=zero_is_class and k == 0,
       )
     )
     start += size

@@ -70,7 +70,7 @@ def _write_palette_png(path: str, mask: np.ndarray) -> None:
 
 def write(root: str, *, num_train: int = 5, num_val: int = 4, num_aug_only: int = 3, with_sbd: bool = True,
           val_in_aug: int = 1, aug_list_format: str = "two_column", aug_list_at: str = "ImageSets",
-          seed: int = 0) -> dict:
+          aug_list_name: str = "train_aug.txt", seed: int = 0) -> dict:
   """Writes `root/VOCdevkit/VOC2012/...` and returns what was written.
 
   Args:
@@ -85,7 +85,9 @@ def write(root: str, *, num_train: int = 5, num_val: int = 4, num_aug_only: int 
     aug_list_format: "two_column" (`/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`)
       or "ids".
     aug_list_at: where train_aug.txt goes: "ImageSets" (ImageSets/Segmentation),
-      "voc2012" (VOC2012/) or "root" (`root`/).
+      "voc2012" (VOC2012/), "splits" (VOC2012/splits/, MiB's layout), "root" (`root`/)
+      or "root_splits" (`root`/splits/).
+    aug_list_name: its file name ("trainaug.txt" is DeepLab's).
     seed: everything is deterministic from it.
 
   Returns:
@@ -122,7 +124,9 @@ def write(root: str, *, num_train: int = 5, num_val: int = 4, num_aug_only: int 
   train_aug = sorted(train + aug_only + val[num_val - val_in_aug:])
   aug_list = None
   if with_sbd:
-    aug_list = os.path.join({"ImageSets": sets, "voc2012": voc2012, "root": root}[aug_list_at], "train_aug.txt")
+    places = {"ImageSets": sets, "voc2012": voc2012, "root": root, "splits": os.path.join(voc2012, "splits"),
+              "root_splits": os.path.join(root, "splits")}
+    aug_list = os.path.join(places[aug_list_at], aug_list_name)
     lines = (train_aug if aug_list_format == "ids" else
              [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in train_aug])
     _write_list(aug_list, lines)
