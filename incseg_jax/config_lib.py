@@ -154,6 +154,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.end_lr = 0.0
   c.schedule.power = 0.9
 
+  # RECALL-style replay (incseg_jax/replay.py): unlabelled images of every old
+  # class, one folder per class named as the dataset names it, mixed into the
+  # batches of incremental steps and labelled there by the previous model.
+  c.replay = ml_collections.ConfigDict()
+  c.replay.dir = ""  # "" = no replay; `recall` needs it
+  c.replay.ratio_old = 4  # replay : new images in each batch (the RECALL code's interleave ratios 4 : 4)
+  c.replay.ratio_new = 4
+  c.replay.label = "class"  # class: {background, the folder's class} | argmax: every old class
+  c.replay.mix_labels = True  # new images' background labelled with the previous model's argmax
+  c.replay.per_class = 0  # read at most this many images per class folder (0: all)
+
   c.init_from = ""  # another run's workdir: reuse its step-0 model.
   # A non-finite loss or gradient: "stop" the run naming the step and term, or
   # "skip" the batch (no update; counted as train/skipped_batches).

@@ -20,6 +20,7 @@ import numpy as np
 from incseg_jax import losses as losses_lib
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import replay as replay_lib
 from incseg_jax import tasks
 from incseg_jax.data import pipeline
 from incseg_jax.data import registry
@@ -69,6 +70,7 @@ class Experiment:
   plan: tasks.TaskPlan
   method: methods.Method
   step_indices: list[np.ndarray]  # training example indices per task step
+  replay: replay_lib.ReplaySet | None = None  # `config.replay.dir`'s images (None: no replay)
   _specs: dict[int, StepSpec] = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -125,10 +127,23 @@ class Experiment:
 
     Batch t is the same whoever asks (the trainer, a resume, a `prepare` hook):
     order and augmentation are functions of (seed, task step, sample position).
+    With replay (`config.replay.dir`), the batches of incremental steps carry
+    the old classes' replay images and their `replay_class` (`incseg_jax.replay`).
     """
+    replay, num_replay = self.replay_for(spec), 0
+    if replay is not None:
+      num_replay = replay_lib.batch_composition(self.config.input.batch_size, self.config.replay.ratio_old,
+                                                self.config.replay.ratio_new)
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
-                                  ignore_label=self.plan.ignore_label)
+                                  ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay)
+
+  def replay_for(self, spec: StepSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(images, indices, channels) of the replay images of `spec`'s old classes, or None (no replay there)."""
+    if self.replay is None or spec.index == 0 or not spec.task.old_classes:
+      return None
+    idx, channels = self.replay.select(dict(zip(spec.task.old_classes, spec.task.old_channels)))
+    return self.replay.images, idx, channels
 
 
 def plan_only(config, meta: registry.DatasetMeta, pixel_counts=None) -> tasks.TaskPlan:
@@ -177,5 +192,11 @@ def build(config) -> Experiment:
   for step, n in zip(plan.steps, image_counts):
     logging.info("task step %d: %d training images, new classes %s", step.index, n,
                  [meta.class_names[c] for c in step.new_classes])
+  replay = None
+  if config.get("replay") and config.replay.dir:  # configs saved before replay existed have no section
+    # Every class that is old at some step: the last step's old classes.
+    names = replay_lib.old_class_names(plan.steps[-1].old_classes, meta.class_names)
+    replay = replay_lib.read_folder(config.replay.dir, names, config.replay.per_class)
+    logging.info("replay: %d images of %d old classes from %s", len(replay), len(names), config.replay.dir)
   return Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
-                    method=method, step_indices=step_indices)
+                    method=method, step_indices=step_indices, replay=replay)

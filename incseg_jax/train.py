@@ -179,8 +179,11 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     return {"params": state.params, "batch_stats": state.batch_stats}, 0, _host_states(state)
 
   if start < num_steps:
+    replay = None
+    if exp.replay_for(spec) is not None:
+      replay = {"label": cfg.replay.label, "mix_labels": bool(cfg.replay.mix_labels)}
     step_fn = ts.make_train_step(spec.model, spec.teacher_model, spec.terms, spec.info, tx, schedule, spec.frozen,
-                                 spec.states)
+                                 spec.states, replay=replay)
     extras = None
     if exp.method.prepare is not None and k > 0:
       extras = sharding.put_replicated(_prepare(exp, spec, teacher_vars, mesh), mesh)

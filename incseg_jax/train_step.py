@@ -15,7 +15,7 @@ in its metrics; the host decides whether to stop or go on (`config.nonfinite`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,7 @@ from flax import struct
 
 from incseg_jax import losses as losses_lib
 from incseg_jax import models
+from incseg_jax import replay as replay_lib
 from incseg_jax.losses import state as state_lib
 
 
@@ -70,7 +71,8 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Seq
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequence[tuple[str, float, dict]],
                     task: losses_lib.TaskInfo, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    frozen: Sequence[str] = (), states: Sequence[tuple[str, Any, dict]] = ()) -> Callable:
+                    frozen: Sequence[str] = (), states: Sequence[tuple[str, Any, dict]] = (),
+                    replay: Mapping[str, Any] | None = None) -> Callable:
   """Builds the jitted update for one task step.
 
   Args:
@@ -85,6 +87,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       carry state: `state.method_state[name]` is updated by every applied
       train step from the forward terms' gradients and the parameters they
       were taken at, and is the term's `inputs.state`.
+    replay: `{"label": mode, "mix_labels": bool}` when the batches carry
+      replay images (`batch["replay_class"]`): their labels, and with
+      `mix_labels` the background of the step's own images, come from the
+      teacher's logits before any loss term sees them (`incseg_jax.replay`).
 
   Returns:
     `step(state, teacher_variables, batch, key, extras=None) -> (state, metrics)`, jitted,
@@ -106,6 +112,9 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     teacher_out = None
     if teacher is not None:
       teacher_out = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
+      if replay is not None and "replay_class" in batch:
+        labels = replay_lib.relabel(teacher_out["logits"], labels, batch["replay_class"], mode=replay["label"],
+                                    mix_labels=replay["mix_labels"], ignore_label=task.ignore_label)
     method_state = state.method_state or {}
     step_index = state.step
 

@@ -32,6 +32,7 @@ from incseg_jax import experiment as experiment_lib
 from incseg_jax import losses as losses_lib
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import replay as replay_lib
 from incseg_jax import sharding
 from incseg_jax import tasks
 from incseg_jax.data import registry
@@ -207,9 +208,35 @@ def _check_method(cfg) -> None:
         f"config.method={cfg.method!r} needs loss term(s) {missing} that config.losses "
         f"({dict(cfg.losses)}) lacks; choose the method in the config argument, e.g. "
         f"--config=configs/shapes.py:method={cfg.method}")
+  _check_replay(cfg, method)
   if method.joint and cfg.task != "joint":
     raise ValueError(f"method 'joint' trains all classes in one step, but config.task={cfg.task!r}; "
                      "use task=joint or drop the override")
+
+
+def _check_replay(cfg, method) -> None:
+  """`config.replay` (incseg_jax/replay.py): given when the method needs it, and its fields in range."""
+  rp = cfg.get("replay")
+  if method.replay and not (rp and rp.dir):
+    raise ValueError(f"method {cfg.method!r} replays images of the old classes: pass "
+                     "--config.replay.dir=DIR (one folder of images per old class, named as the dataset names "
+                     "it; for shapes: python -m incseg_jax.tools.shapes_replay --out=DIR)")
+  if not (rp and rp.dir):
+    return
+  for field in ("ratio_old", "ratio_new", "per_class"):
+    value = rp[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if field == "ratio_new" else 0):
+      raise ValueError(f"config.replay.{field}={value!r}: expected a {'positive' if field == 'ratio_new' else 'non-negative'} "
+                       "integer")
+  if rp.label not in replay_lib.LABEL_MODES:
+    raise ValueError(f"config.replay.label={rp.label!r}: expected one of {', '.join(replay_lib.LABEL_MODES)}")
+  if not isinstance(rp.mix_labels, bool):
+    raise ValueError(f"config.replay.mix_labels={rp.mix_labels!r}: expected True or False")
+  replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new)
+  if rp.ratio_old and replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new) % \
+      jax.process_count():
+    raise ValueError(f"config.replay.ratio_old : ratio_new = {rp.ratio_old} : {rp.ratio_new}: the replay images "
+                     f"of a batch of {cfg.input.batch_size} do not split over {jax.process_count()} hosts")
 
 
 def _check_pretrained(cfg) -> None:

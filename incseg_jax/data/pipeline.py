@@ -76,12 +76,14 @@ def load_split(builder, split: str) -> EncodedSplit:
                       sizes=np.stack(sizes)[order] if sizes else None)
 
 
-def sample_sequence(indices: np.ndarray, *, seed: int, task_index: int, start: int, stop: int) -> np.ndarray:
+def sample_sequence(indices: np.ndarray, *, seed: int, task_index: int, start: int, stop: int,
+                    stream: int = 0) -> np.ndarray:
   """Example indices for sample positions [start, stop) of a task step.
 
   Epoch e visits `indices` in the order of a permutation seeded by
-  (seed, task_index, e); nothing depends on how many positions were drawn
-  before, which is what makes resuming exact.
+  (seed, task_index, e) (and `stream` when nonzero: another sequence over
+  the same step, e.g. the replay images'); nothing depends on how many
+  positions were drawn before, which is what makes resuming exact.
   """
   n = len(indices)
   if n == 0:
@@ -90,7 +92,8 @@ def sample_sequence(indices: np.ndarray, *, seed: int, task_index: int, start: i
   pos = start
   while pos < stop:
     epoch, offset = divmod(pos, n)
-    perm = np.random.default_rng([seed, task_index, epoch]).permutation(indices)
+    key = [seed, task_index, epoch] + ([stream] if stream else [])
+    perm = np.random.default_rng(key).permutation(indices)
     take = min(n - offset, stop - pos)
     out[pos - start:pos - start + take] = perm[offset:offset + take]
     pos += take
@@ -155,7 +158,8 @@ def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: f
 
 def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, input_cfg, *, seed: int,
                   task_index: int, start_step: int, num_steps: int, ignore_label: int,
-                  threads: int | None = None) -> Iterator[dict]:
+                  threads: int | None = None, replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  num_replay: int = 0) -> Iterator[dict]:
   """Yields this host's training batches for train steps [start_step, num_steps).
 
   Args:
@@ -170,33 +174,73 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     ignore_label: void label.
     threads: parallel decode/augment calls (None: tf.data autotunes); the
       batches are the same for any value.
+    replay: optional (encoded images, indices into them, channel of each
+      index) of unlabelled replay images (`incseg_jax.replay`); they fill the
+      last `num_replay / hosts` slots of every host's part of each batch,
+      in their own order (a second stream of the same seed and step), and
+      carry label 0 on their pixels (the train step labels them).
+    num_replay: replay images per global batch (0 without replay).
 
   Yields:
-    {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}.
+    {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}, plus with replay
+    "replay_class": int32 (B_local,), the channel a replay image stands for, 0 for the step's own images.
   """
   gbs = input_cfg.batch_size
-  lbs = gbs // jax.process_count()
+  nproc = jax.process_count()
+  lbs = gbs // nproc
+  n_rep = num_replay if replay is not None else 0
+  if n_rep % nproc or n_rep >= gbs:
+    raise ValueError(f"{n_rep} replay images per batch of {gbs} do not split over {nproc} host(s) with room for "
+                     "the step's own images")
+  rep_local = n_rep // nproc
+  new_local, n_new = lbs - rep_local, gbs - n_rep
   positions = np.arange(start_step * gbs, num_steps * gbs, dtype=np.int64)
-  seq = sample_sequence(indices, seed=seed, task_index=task_index, start=start_step * gbs, stop=num_steps * gbs)
-  # Keep only this host's slice of every global batch.
-  keep = (positions % gbs) // lbs == jax.process_index()
-  seq, positions = seq[keep], positions[keep]
+  t, slot = np.divmod(positions, gbs)
+  host, j = np.divmod(slot, lbs)
+  # Keep only this host's slots of every global batch.
+  keep = host == jax.process_index()
+  positions, t, host, j = positions[keep], t[keep], host[keep], j[keep]
+  is_rep = j >= new_local
+  # Without replay the k-th new image is sample position k (the order every run had before replay existed).
+  new_pos = t * n_new + host * new_local + j
+  src = is_rep.astype(np.int32)
+  idx = np.zeros(len(positions), np.int64)
+  rclass = np.zeros(len(positions), np.int32)
+  own = ~is_rep
+  if own.any():
+    seq = sample_sequence(indices, seed=seed, task_index=task_index, start=start_step * n_new,
+                          stop=num_steps * n_new)
+    idx[own] = seq[new_pos[own] - start_step * n_new]
+  replay_images = None
+  if n_rep:
+    replay_images, rep_indices, rep_channels = replay
+    rep_pos = t * n_rep + host * rep_local + (j - new_local)
+    order = sample_sequence(np.arange(len(rep_indices)), seed=seed, task_index=task_index,
+                            start=start_step * n_rep, stop=num_steps * n_rep, stream=1)
+    pick = order[rep_pos[is_rep] - start_step * n_rep]
+    idx[is_rep] = rep_indices[pick]
+    rclass[is_rep] = rep_channels[pick]
   images, labels = split.images, split.labels
   lut_t = tf.constant(lut, tf.uint8)
 
-  def fetch(i):
-    return images[i], labels[i]
+  def fetch(s, i):
+    return (replay_images[i], b"") if s else (images[i], labels[i])
 
-  def load(i, pos):
-    image_b, label_b = tf.numpy_function(fetch, [i], (tf.string, tf.string), stateful=False)
-    image, label = _decode(image_b, label_b)
-    label = tf.gather(lut_t, tf.cast(label, tf.int32))
+  def load(s, i, pos, rc):
+    image_b, label_b = tf.numpy_function(fetch, [s, i], (tf.string, tf.string), stateful=False)
+    image = tf.io.decode_image(image_b, channels=3, expand_animations=False)
+    # A replay image has no mask: label 0 on its pixels, labelled in the train step.
+    label = tf.cond(s > 0, lambda: tf.zeros_like(image[..., :1]),
+                    lambda: tf.gather(lut_t, tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
     key = tf.stack([tf.constant(seed * 1000 + task_index, tf.int64), pos])
     image, label = augment(image, label, key, crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min,
                            scale_max=input_cfg.scale_max, flip=input_cfg.flip, ignore_label=ignore_label)
-    return {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
+    out = {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
+    if n_rep:
+      out["replay_class"] = rc
+    return out
 
-  ds = tf.data.Dataset.from_tensor_slices((seq, positions))
+  ds = tf.data.Dataset.from_tensor_slices((src, idx, positions, rclass))
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads

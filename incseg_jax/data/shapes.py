@@ -35,6 +35,7 @@ NUM_CLASSES = 21  # background + 20 foreground classes, like VOC.
 IGNORE_LABEL = 255
 _BASE_SEED = 17492024
 _SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
+_REPLAY_STREAM = 3  # replay_example's images: apart from every split
 
 COLOURS: dict[str, tuple[int, int, int]] = {
   "red": (210, 40, 40),
@@ -226,7 +227,8 @@ def _draw_classes(rng: np.random.Generator, force_class: int | None) -> list[int
 
 
 def render_example(
-  rng: np.random.Generator, image_size: int = 64, force_class: int | None = None
+  rng: np.random.Generator, image_size: int = 64, force_class: int | None = None,
+  only_class: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Renders one image and its segmentation mask.
 
@@ -234,6 +236,8 @@ def render_example(
     rng: Source of all randomness for this example.
     image_size: Side length S of the square image.
     force_class: Optional class id guaranteed to be present (drawn on top).
+    only_class: Optional class id: draw 1-3 objects of this class only (the
+      replay images of `replay_example`); the dataset's splits never set it.
 
   Returns:
     `(image, mask)`: uint8 arrays of shape (S, S, 3) and (S, S); the mask
@@ -245,7 +249,8 @@ def render_example(
   label = np.zeros((size, size), np.uint8)
   inst = np.zeros((size, size), np.int32)
   brightness = rng.uniform(0.9, 1.1)  # Per-image illumination.
-  for k, cid in enumerate(_draw_classes(rng, force_class), start=1):
+  drawn = [only_class] * int(rng.integers(1, 4)) if only_class else _draw_classes(rng, force_class)
+  for k, cid in enumerate(drawn, start=1):
     spec = CLASSES[cid - 1]
     r = rng.uniform(*_SIZE_RANGE[spec.shape]) * size / 64 / 2
     cx, cy = rng.uniform(0.5 * r, size - 0.5 * r, 2)
@@ -298,6 +303,17 @@ def generate_example(split: str, index: int, image_size: int = 64) -> dict:
     "pixel_counts": counts.astype(np.int64),
     "id": f"{split}_{index:06d}",
   }
+
+
+def replay_example(class_id: int, index: int, image_size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Image `index` of class `class_id`'s replay folder (and its mask, which the folder does not keep).
+
+  Drawn from its own random stream (never a train, val or test image): 1-3
+  objects of the class on a fresh cluttered background, as a web search for
+  the class would mostly return.
+  """
+  rng = np.random.default_rng([_BASE_SEED, _REPLAY_STREAM, seed, class_id, index])
+  return render_example(rng, image_size, only_class=class_id)
 
 
 @dataclasses.dataclass(eq=False)

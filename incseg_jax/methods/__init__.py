@@ -59,6 +59,8 @@ class Method:
       recompute it; it must be deterministic), whose arrays reach the losses
       as `inputs.extras`.
     joint: train all classes in one step (the upper bound); ignores the task.
+    replay: the method trains on replay images of the old classes
+      (`config.replay`, `incseg_jax.replay`), which must then be given.
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
       classes are labelled in evaluation at intermediate steps.
@@ -77,6 +79,7 @@ class Method:
   head_init: HeadInit | None = None
   prepare: Prepare | None = None
   joint: bool = False
+  replay: bool = False
   void_as_background: bool = False
   unseen_eval: str = "ignore"
   doc: str = ""
@@ -188,7 +191,7 @@ def get(name: str) -> Method:
   frozen = tuple(dict.fromkeys(p for m in ms for p in m.frozen))
   return Method(name=name, losses=terms, options=options, paper_options=paper_options, frozen=frozen,
                 head_init=head_inits.pop() if head_inits else None,
-                prepare=prepares.pop() if prepares else None,
+                prepare=prepares.pop() if prepares else None, replay=any(m.replay for m in ms),
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
@@ -259,4 +262,4 @@ def frozen_prefixes(method: Method, config: ml_collections.ConfigDict) -> tuple[
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ilt, mib, plop, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ilt, mib, plop, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
