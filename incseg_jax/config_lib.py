@@ -165,6 +165,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.replay.mix_labels = True  # new images' background labelled with the previous model's argmax
   c.replay.per_class = 0  # read at most this many images per class folder (0: all)
 
+  # EWF's weight fusion after each incremental step (`+ewf`, incseg_jax/methods/ewf.py).
+  c.ewf = ml_collections.ConfigDict()
+  c.ewf.weight = 0.0  # share of the new weights; 0 = sqrt(new classes / (new + old classes)), the paper's
+  c.ewf.top_fraction = 0.0  # 0 = fuse every weight (paper); 0.45 = the code's threshold_choice
+
   c.init_from = ""  # another run's workdir: reuse its step-0 model.
   # A non-finite loss or gradient: "stop" the run naming the step and term, or
   # "skip" the batch (no update; counted as train/skipped_batches).

@@ -95,7 +95,7 @@ class Experiment:
     cfg = self.config
     step = self.plan.steps[k]
     model = self.model(k)
-    frozen = methods.frozen_prefixes(self.method, cfg) if k > 0 else ()
+    frozen = methods.frozen_prefixes(self.method, cfg, k) if k > 0 else ()
     if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
       frozen += models.batchnorm_prefixes(models.abstract_variables(model, cfg.input.crop_size))
     info = losses_lib.TaskInfo(index=k, num_channels=step.num_channels, old_channels=step.old_channels,

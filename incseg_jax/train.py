@@ -190,6 +190,13 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     state = _train_loop(exp, spec, state, teacher_vars, extras, ckpt, start, writer, global_offset, step_fn,
                         base_key, mesh, hooks)
   if ckpt.latest_step() != num_steps:
+    if exp.method.fuse is not None and k > 0:
+      # The step's final checkpoint is the fused model (EWF), so a resume after
+      # this save restores it as it is and never fuses twice.
+      fused = exp.method.fuse(teacher_vars, {"params": state.params, "batch_stats": state.batch_stats}, spec.task,
+                              dict(cfg.get("ewf") or {}))
+      state = state.replace(params=sharding.put_replicated(fused["params"], mesh),
+                            batch_stats=sharding.put_replicated(fused["batch_stats"], mesh))
     ckpt.save(num_steps, state)
   ckpt.close()
   return ({"params": state.params, "batch_stats": state.batch_stats}, int(jax.device_get(state.skipped)),

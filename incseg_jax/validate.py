@@ -209,6 +209,7 @@ def _check_method(cfg) -> None:
         f"({dict(cfg.losses)}) lacks; choose the method in the config argument, e.g. "
         f"--config=configs/shapes.py:method={cfg.method}")
   _check_replay(cfg, method)
+  _check_ewf(cfg)
   if method.joint and cfg.task != "joint":
     raise ValueError(f"method 'joint' trains all classes in one step, but config.task={cfg.task!r}; "
                      "use task=joint or drop the override")
@@ -237,6 +238,15 @@ def _check_replay(cfg, method) -> None:
       jax.process_count():
     raise ValueError(f"config.replay.ratio_old : ratio_new = {rp.ratio_old} : {rp.ratio_new}: the replay images "
                      f"of a batch of {cfg.input.batch_size} do not split over {jax.process_count()} hosts")
+
+
+def _check_ewf(cfg) -> None:
+  """`config.ewf`: the fusion weight and the fused fraction are numbers in [0, 1]."""
+  for field in ("weight", "top_fraction"):
+    value = (cfg.get("ewf") or {}).get(field, 0.0)
+    if not _is_number(value) or not 0 <= value <= 1:
+      raise ValueError(f"config.ewf.{field}={value!r}: expected a number from 0 to 1 (0: "
+                       + ("the paper's sqrt(new / (new + old))" if field == "weight" else "fuse every weight") + ")")
 
 
 def _check_pretrained(cfg) -> None:

@@ -61,6 +61,11 @@ class Method:
     joint: train all classes in one step (the upper bound); ignores the task.
     replay: the method trains on replay images of the old classes
       (`config.replay`, `incseg_jax.replay`), which must then be given.
+    fuse: optional rule applied when an incremental step's training ends,
+      `(teacher_variables, student_variables, task_step, options) ->
+      variables` (EWF's weight fusion; options: `config.ewf`); its result is
+      the step's final checkpoint, evaluated and the next teacher.
+    freeze_old_heads: the heads of earlier steps get no update at steps > 0.
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
       classes are labelled in evaluation at intermediate steps.
@@ -80,6 +85,8 @@ class Method:
   prepare: Prepare | None = None
   joint: bool = False
   replay: bool = False
+  fuse: Callable[..., Mapping[str, Any]] | None = None
+  freeze_old_heads: bool = False
   void_as_background: bool = False
   unseen_eval: str = "ignore"
   doc: str = ""
@@ -177,6 +184,9 @@ def get(name: str) -> Method:
   head_inits = {m.head_init for m in ms if m.head_init is not None}
   if len(head_inits) > 1:
     raise ValueError(f"method {name!r}: more than one part initialises new heads")
+  fuses = {m.fuse for m in ms if m.fuse is not None}
+  if len(fuses) > 1:
+    raise ValueError(f"method {name!r}: more than one part fuses weights after a step")
   prepares = {m.prepare for m in ms if m.prepare is not None}
   if len(prepares) > 1:
     raise ValueError(f"method {name!r}: more than one part has a prepare hook")
@@ -192,6 +202,7 @@ def get(name: str) -> Method:
   return Method(name=name, losses=terms, options=options, paper_options=paper_options, frozen=frozen,
                 head_init=head_inits.pop() if head_inits else None,
                 prepare=prepares.pop() if prepares else None, replay=any(m.replay for m in ms),
+                fuse=fuses.pop() if fuses else None, freeze_old_heads=any(m.freeze_old_heads for m in ms),
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
@@ -256,10 +267,12 @@ def state_terms(config: ml_collections.ConfigDict) -> list[tuple[str, Any, dict[
           for name, w in config.losses.items() if w and losses_lib.state_rule(name) is not None]
 
 
-def frozen_prefixes(method: Method, config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Parameter prefixes frozen at steps > 0: the method's plus `config.freeze`, without repeats."""
-  return tuple(dict.fromkeys(tuple(method.frozen) + tuple(config.freeze)))
+def frozen_prefixes(method: Method, config: ml_collections.ConfigDict, task_index: int = 1) -> tuple[str, ...]:
+  """Parameter prefixes frozen at step `task_index` > 0: the method's, `config.freeze`, and with
+  `freeze_old_heads` the heads of the earlier steps; without repeats."""
+  old_heads = tuple(f"classifier/head_{i}" for i in range(task_index)) if method.freeze_old_heads else ()
+  return tuple(dict.fromkeys(tuple(method.frozen) + tuple(config.freeze) + old_heads))
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ilt, mib, plop, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ewf, ilt, mib, plop, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
