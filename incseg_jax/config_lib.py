@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.small_blocks = (1, 1, 1, 1)
   c.model.bn_frozen = False
   c.model.activation = "relu"  # relu | leaky_relu (in-place-ABN ImageNet weights use leaky ReLU 0.01)
+  # Computation dtype of convolutions and activations: float32 | bfloat16 | float16. Parameters,
+  # BatchNorm statistics, optimizer state and every loss stay float32 (the model's outputs are cast).
+  c.model.dtype = "float32"
 
   # ImageNet-pretrained backbone weights (.pth with torch installed, .npz,
   # .safetensors; torchvision or in-place-ABN layout): see models/pretrained.py.

@@ -114,7 +114,10 @@ class SegModel(nn.Module):
     out['logits_os'] = logits_os
     out['logits'] = jax.image.resize(
         logits_os, (b, h, w, logits_os.shape[-1]), method='bilinear')
-    return out
+    # Every loss reads float32 (softmax, log-sum-exp, POD's and UCD's sums):
+    # in low precision only the convolutions and activations are bfloat16 /
+    # float16. Casts of outputs no loss reads are removed by XLA.
+    return jax.tree.map(lambda a: a.astype(jnp.float32), out)
 
 
 def check_config(model_cfg) -> None:
@@ -122,6 +125,15 @@ def check_config(model_cfg) -> None:
   get = lambda name, default: getattr(model_cfg, name, default)
   # Old configs have no model.activation: they meant torchvision's ReLU.
   _validate(get('backbone', None), get('decoder', None), get('output_stride', None), get('activation', 'relu'))
+  _validate_dtype(get('dtype', 'float32'))
+
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _validate_dtype(dtype) -> None:
+  if str(dtype) not in DTYPES:
+    raise ValueError(f'model.dtype={dtype!r} is unknown; expected one of {list(DTYPES)}')
 
 
 def _validate(backbone, decoder, output_stride, activation='relu'):
@@ -169,6 +181,7 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
     raise ValueError(f'classes_per_step={tuple(classes_per_step)} must be a '
                      'non-empty sequence of positive ints')
   rates = get('atrous_rates', None)
+  _validate_dtype(get('dtype', 'float32'))
   return SegModel(
       backbone=backbone, decoder=decoder, classes_per_step=classes,
       output_stride=int(output_stride),
