@@ -168,6 +168,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.replay.mix_labels = True  # new images' background labelled with the previous model's argmax
   c.replay.per_class = 0  # read at most this many images per class folder (0: all)
 
+  # Exemplar memory (SSUL-M's, incseg_jax/memory.py): images of the classes seen so
+  # far, kept with the labels they had, replayed in the batches of later steps.
+  c.memory = ml_collections.ConfigDict()
+  c.memory.size = 0  # images kept (0 = no memory; SSUL-M on VOC: 100)
+  c.memory.policy = "balanced"  # balanced (SSUL-M's class rounds) | random
+  c.memory.per_batch = 0  # memory images in each batch (0 = half the batch, as the SSUL code)
+
   # EWF's weight fusion after each incremental step (`+ewf`, incseg_jax/methods/ewf.py).
   c.ewf = ml_collections.ConfigDict()
   c.ewf.weight = 0.0  # share of the new weights; 0 = sqrt(new classes / (new + old classes)), the paper's

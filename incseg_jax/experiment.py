@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from incseg_jax import losses as losses_lib
+from incseg_jax import memory as memory_lib
 from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import replay as replay_lib
@@ -72,6 +73,7 @@ class Experiment:
   step_indices: list[np.ndarray]  # training example indices per task step
   replay: replay_lib.ReplaySet | None = None  # `config.replay.dir`'s images (None: no replay)
   _specs: dict[int, StepSpec] = dataclasses.field(default_factory=dict, repr=False)
+  _memories: dict[int, list] = dataclasses.field(default_factory=dict, repr=False)
 
   @property
   def num_steps(self) -> int:
@@ -134,9 +136,41 @@ class Experiment:
     if replay is not None:
       num_replay = replay_lib.batch_composition(self.config.input.batch_size, self.config.replay.ratio_old,
                                                 self.config.replay.ratio_new)
+    memory, num_memory = None, 0
+    entries = self.memory_for(spec.index)
+    if entries:
+      memory = (np.asarray([e.index for e in entries], np.int64), np.asarray([e.step for e in entries], np.int32),
+                np.stack([st.train_lut for st in self.plan.steps]))
+      num_memory = self.config.memory.per_batch or self.config.input.batch_size // 2
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
-                                  ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay)
+                                  ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay,
+                                  memory=memory, num_memory=num_memory)
+
+  def memory_for(self, task_index: int) -> list[memory_lib.Entry]:
+    """The exemplar memory step `task_index` replays (`incseg_jax.memory`); empty without one or at step 0.
+
+    Chosen from the previous step's memory and images; `set_memory` puts a
+    saved one (a resume's) in its place.
+    """
+    mem = self.config.get("memory")
+    if not mem or not mem.size or task_index == 0:
+      return []
+    if task_index not in self._memories:
+      previous = self.memory_for(task_index - 1)
+      prev_step = self.plan.steps[task_index - 1]
+      candidates = list(previous) + [memory_lib.Entry(int(i), task_index - 1) for i in self.step_indices[task_index - 1]]
+      labelled = {k: memory_lib.labelled_classes(st.train_lut, self.plan.ignore_label)
+                  for k, st in enumerate(self.plan.steps)}
+      shows = {e: set(int(c) for c in self.train_split.classes[e.index]) & labelled[e.step] for e in candidates}
+      seen = tuple(self.plan.steps[task_index].old_classes) or tuple(prev_step.new_classes)
+      self._memories[task_index] = memory_lib.select(candidates, shows, seen, mem.size, seed=self.config.seed,
+                                                     task_index=task_index, policy=mem.policy)
+    return self._memories[task_index]
+
+  def set_memory(self, task_index: int, entries: list[memory_lib.Entry]) -> None:
+    """Uses `entries` (a saved memory) as step `task_index`'s memory."""
+    self._memories[task_index] = list(entries)
 
   def replay_for(self, spec: StepSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(images, indices, channels) of the replay images of `spec`'s old classes, or None (no replay there)."""

@@ -30,6 +30,7 @@ from incseg_jax import checkpointing
 from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import hooks as hooks_lib
+from incseg_jax import memory as memory_lib
 from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import reporting
@@ -178,6 +179,13 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     ckpt.close()
     return {"params": state.params, "batch_stats": state.batch_stats}, 0, _host_states(state)
 
+  if k > 0 and exp.memory_for(k):
+    # The memory is part of the step's record: a resume replays the one saved when the step began.
+    saved = memory_lib.load(checkpointing.task_dir(workdir, k))
+    if saved is not None:
+      exp.set_memory(k, saved)
+    elif jax.process_index() == 0:
+      memory_lib.save(checkpointing.task_dir(workdir, k), exp.memory_for(k))
   if start < num_steps:
     replay = None
     if exp.replay_for(spec) is not None:

@@ -32,6 +32,7 @@ from incseg_jax import experiment as experiment_lib
 from incseg_jax import losses as losses_lib
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import memory as memory_lib
 from incseg_jax import replay as replay_lib
 from incseg_jax import sharding
 from incseg_jax import tasks
@@ -210,6 +211,7 @@ def _check_method(cfg) -> None:
         f"--config=configs/shapes.py:method={cfg.method}")
   _check_replay(cfg, method)
   _check_ewf(cfg)
+  _check_memory(cfg)
   if method.joint and cfg.task != "joint":
     raise ValueError(f"method 'joint' trains all classes in one step, but config.task={cfg.task!r}; "
                      "use task=joint or drop the override")
@@ -238,6 +240,27 @@ def _check_replay(cfg, method) -> None:
       jax.process_count():
     raise ValueError(f"config.replay.ratio_old : ratio_new = {rp.ratio_old} : {rp.ratio_new}: the replay images "
                      f"of a batch of {cfg.input.batch_size} do not split over {jax.process_count()} hosts")
+
+
+def _check_memory(cfg) -> None:
+  """`config.memory` (incseg_jax/memory.py): sizes in range, a known policy, not with replay."""
+  mem = cfg.get("memory")
+  if not mem or not mem.size:
+    return
+  for field in ("size", "per_batch"):
+    value = mem[field]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f"config.memory.{field}={value!r}: expected a non-negative integer")
+  if mem.policy not in memory_lib.POLICIES:
+    raise ValueError(f"config.memory.policy={mem.policy!r}: expected one of {', '.join(memory_lib.POLICIES)}")
+  per_batch = mem.per_batch or cfg.input.batch_size // 2
+  if not 0 < per_batch < cfg.input.batch_size or per_batch % jax.process_count():
+    raise ValueError(f"config.memory.per_batch={mem.per_batch!r}: expected memory images per batch from 1 to "
+                     f"config.input.batch_size - 1 = {cfg.input.batch_size - 1}, a multiple of the host count "
+                     f"({jax.process_count()}) (0: half the batch)")
+  if (cfg.get("replay") or {}).get("dir"):
+    raise ValueError("config.memory.size and config.replay.dir both fill the extra slots of each batch: use one "
+                     "(memory: stored training images; replay: a folder of unlabelled images)")
 
 
 def _check_ewf(cfg) -> None:

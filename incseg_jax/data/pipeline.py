@@ -159,7 +159,8 @@ def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: f
 def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, input_cfg, *, seed: int,
                   task_index: int, start_step: int, num_steps: int, ignore_label: int,
                   threads: int | None = None, replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                  num_replay: int = 0) -> Iterator[dict]:
+                  num_replay: int = 0, memory: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  num_memory: int = 0) -> Iterator[dict]:
   """Yields this host's training batches for train steps [start_step, num_steps).
 
   Args:
@@ -180,6 +181,11 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
       in their own order (a second stream of the same seed and step), and
       carry label 0 on their pixels (the train step labels them).
     num_replay: replay images per global batch (0 without replay).
+    memory: optional (training-split indices, label-table id of each, label
+      tables (T, 256) uint8) of an exemplar memory (`incseg_jax.memory`):
+      labelled images filling the same slots as replay images would, each
+      labelled by its own table (the one it was stored with). Not with `replay`.
+    num_memory: memory images per global batch.
 
   Yields:
     {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}, plus with replay
@@ -188,7 +194,9 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
   gbs = input_cfg.batch_size
   nproc = jax.process_count()
   lbs = gbs // nproc
-  n_rep = num_replay if replay is not None else 0
+  if replay is not None and memory is not None:
+    raise ValueError("replay images and an exemplar memory cannot share a batch's extra slots")
+  n_rep = num_replay if replay is not None else num_memory if memory is not None else 0
   if n_rep % nproc or n_rep >= gbs:
     raise ValueError(f"{n_rep} replay images per batch of {gbs} do not split over {nproc} host(s) with room for "
                      "the step's own images")
@@ -212,31 +220,40 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
                           stop=num_steps * n_new)
     idx[own] = seq[new_pos[own] - start_step * n_new]
   replay_images = None
+  luts = np.asarray(lut, np.uint8)[None]  # table 0: the step's own; memory entries bring theirs
   if n_rep:
-    replay_images, rep_indices, rep_channels = replay
+    extra_indices, extra_values = (replay[1], replay[2]) if replay is not None else (memory[0], memory[1])
     rep_pos = t * n_rep + host * rep_local + (j - new_local)
-    order = sample_sequence(np.arange(len(rep_indices)), seed=seed, task_index=task_index,
+    order = sample_sequence(np.arange(len(extra_indices)), seed=seed, task_index=task_index,
                             start=start_step * n_rep, stop=num_steps * n_rep, stream=1)
     pick = order[rep_pos[is_rep] - start_step * n_rep]
-    idx[is_rep] = rep_indices[pick]
-    rclass[is_rep] = rep_channels[pick]
+    idx[is_rep] = extra_indices[pick]
+    if replay is not None:
+      replay_images = replay[0]
+      rclass[is_rep] = extra_values[pick]
+    else:  # memory: its label table, after the step's own (id 0)
+      src[is_rep] = 2
+      rclass[is_rep] = 1 + np.asarray(extra_values)[pick]
+      luts = np.concatenate([luts, np.asarray(memory[2], np.uint8)])
   images, labels = split.images, split.labels
-  lut_t = tf.constant(lut, tf.uint8)
+  luts_t = tf.constant(luts, tf.uint8)
 
   def fetch(s, i):
-    return (replay_images[i], b"") if s else (images[i], labels[i])
+    return (replay_images[i], b"") if s == 1 else (images[i], labels[i])
 
   def load(s, i, pos, rc):
     image_b, label_b = tf.numpy_function(fetch, [s, i], (tf.string, tf.string), stateful=False)
     image = tf.io.decode_image(image_b, channels=3, expand_animations=False)
-    # A replay image has no mask: label 0 on its pixels, labelled in the train step.
-    label = tf.cond(s > 0, lambda: tf.zeros_like(image[..., :1]),
-                    lambda: tf.gather(lut_t, tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
+    # A replay image has no mask: label 0 on its pixels, labelled in the train step. A memory image is
+    # labelled by the table it was stored with (its row in `luts`, carried in `rc`), the step's own by row 0.
+    table = tf.where(s == 2, rc, 0)
+    label = tf.cond(s == 1, lambda: tf.zeros_like(image[..., :1]),
+                    lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
     key = tf.stack([tf.constant(seed * 1000 + task_index, tf.int64), pos])
     image, label = augment(image, label, key, crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min,
                            scale_max=input_cfg.scale_max, flip=input_cfg.flip, ignore_label=ignore_label)
     out = {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
-    if n_rep:
+    if replay is not None:
       out["replay_class"] = rc
     return out
 
