@@ -16,8 +16,10 @@ import ml_collections
 from incseg_jax import methods
 
 # Fields that may differ between two invocations on the same workdir without
-# making it a different experiment (logging cadence, evaluation batch size).
-VOLATILE_FIELDS = ("log_every", "checkpoint_every", "eval_batch_size", "progress_every_secs")
+# making it a different experiment (logging cadence, evaluation batch size,
+# TensorBoard images).
+VOLATILE_FIELDS = ("log_every", "checkpoint_every", "eval_batch_size", "progress_every_secs", "tb_images",
+                   "distributed")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -180,6 +182,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.ewf.weight = 0.0  # share of the new weights; 0 = sqrt(new classes / (new + old classes)), the paper's
   c.ewf.top_fraction = 0.0  # 0 = fuse every weight (paper); 0.45 = the code's threshold_choice
 
+  # Multi-process runs (incseg_jax/distributed.py). Empty: one process, or the
+  # launcher's environment (TPU pod, SLURM, Open MPI) when it announces several.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.auto = False  # jax.distributed.initialize() with the platform's auto-detection (TPU pods)
+  c.distributed.coordinator_address = ""  # HOST:PORT of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.initialization_timeout = 300  # seconds to wait for every process to join
+  c.distributed.allow_resize = False  # resume a workdir on another process count
+
   c.init_from = ""  # another run's workdir: reuse its step-0 model.
   # A non-finite loss or gradient: "stop" the run naming the step and term, or
   # "skip" the batch (no update; counted as train/skipped_batches).
@@ -187,6 +199,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 500  # train steps between periodic checkpoints.
   c.progress_every_secs = 30.0
+  # TensorBoard images at each task step's evaluation: the first N images of the
+  # eval split, their ground truth and the step's prediction (palette colours;
+  # no metric changes). 0 = none. Configs saved without it read as 0.
+  c.tb_images = 4
   return c
 
 

@@ -10,10 +10,17 @@ sums over the whole split, never a mean of per-image scores
 Rows are ground truth, columns are predictions, indices are model channels
 (channel 0 = background); a step's `eval_lut` (incseg_jax/tasks) maps dataset
 labels to channels first.
+
+For looking at rather than scoring: `fixed_images` (the first N images of the
+eval split), `predict_fixed` (a step's argmax on them) and the palette
+colouring (`colourise`, `prediction_colours`) serve the TensorBoard images a
+run writes at each task step (`image_summaries`, `config.tb_images`) and the
+qualitative grid of `incseg_jax.plot`; they never touch the metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -22,12 +29,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 
 from incseg_jax import hooks as hooks_lib
 from incseg_jax import sharding
 from incseg_jax.data import pipeline
 
-__all__ = ["confusion_matrix", "evaluate_step", "make_eval_step", "segmentation_metrics"]
+__all__ = ["FixedImages", "channel_classes", "colourise", "confusion_matrix", "evaluate_step", "fixed_images",
+           "image_summaries", "make_eval_step", "make_predict", "predict_fixed", "prediction_colours",
+           "segmentation_metrics", "tb_image_count"]
 
 
 def confusion_matrix(labels, preds, num_classes: int, ignore_label: int = 255) -> jax.Array:
@@ -233,3 +243,143 @@ def evaluate_step(exp, spec, variables: Any, mesh, hooks: hooks_lib.Hooks = hook
     hooks.after_eval_batch(spec.index, i + 1)
   return segmentation_metrics(conf, old_channels=step.old_channels, new_channels=step.new_channels,
                               class_names=exp.channel_names[:step.num_channels])
+
+
+# Predictions of a few fixed images, for looking at (TensorBoard during training, `incseg_jax.plot`).
+
+# Void / ignored pixels in coloured label maps: VOC's void colour, the same for every dataset.
+IGNORE_COLOUR = (224, 224, 192)
+_GAP = 2  # white pixels between the panels of a TensorBoard image
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedImages:
+  """The first images of an evaluation split, decoded once, as the model and a viewer need them.
+
+  Attributes:
+    ids: example ids (the split's order: sorted by id, see `pipeline.load_split`).
+    rgb: per image, (h, w, 3) uint8 as decoded.
+    labels: per image, (h, w) uint8 raw dataset labels (not mapped to channels).
+    images: (N, H, W, 3) float32 normalised as in evaluation, zero-padded (bottom/right) to the largest.
+    valid: (N, H, W) bool, True on each image's own pixels, for variable-size datasets (as
+      `pipeline.eval_batches` passes it); None for fixed-size ones.
+  """
+  ids: list[str]
+  rgb: list[np.ndarray]
+  labels: list[np.ndarray]
+  images: np.ndarray
+  valid: np.ndarray | None
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+
+def fixed_images(split: pipeline.EncodedSplit, n: int, input_cfg) -> FixedImages:
+  """The first `n` images of `split` (all of them if it has fewer), decoded and normalised as evaluation does.
+
+  Always the same images for a given split, so runs and task steps can be compared side by side.
+
+  Raises:
+    ValueError: `n` is not a positive integer.
+  """
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"fixed_images: n={n!r}, expected a positive number of images")
+  count = min(int(n), len(split))
+  # tf's decoders, as the evaluation pipeline's: another JPEG decoder may differ in the last bits.
+  rgb = [tf.io.decode_image(split.images[i], channels=3, expand_animations=False).numpy() for i in range(count)]
+  labels = [tf.io.decode_png(split.labels[i], channels=1).numpy()[..., 0] for i in range(count)]
+  height, width = max(x.shape[0] for x in rgb), max(x.shape[1] for x in rgb)
+  mean, std = np.asarray(input_cfg.mean, np.float32), np.asarray(input_cfg.std, np.float32)
+  images = np.zeros((count, height, width, 3), np.float32)
+  valid = np.zeros((count, height, width), bool)
+  for i, x in enumerate(rgb):
+    # float32 throughout, as pipeline._normalise: the same input numbers as evaluation's.
+    images[i, :x.shape[0], :x.shape[1]] = (x.astype(np.float32) / np.float32(255.0) - mean) / std
+    valid[i, :x.shape[0], :x.shape[1]] = True
+  return FixedImages(ids=list(split.ids[:count]), rgb=rgb, labels=labels, images=images,
+                     valid=valid if split.sizes is not None else None)
+
+
+def make_predict(model: nn.Module) -> Callable:
+  """Jitted `(variables, images, valid) -> (N, H, W) int32` argmax channel per pixel (eval mode)."""
+
+  def predict(variables, images, valid):
+    logits = model.apply(variables, images, train=False, valid=valid)["logits"]
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  return jax.jit(predict)
+
+
+def predict_fixed(model: nn.Module, variables: Any, shown: FixedImages, mesh=None) -> list[np.ndarray]:
+  """Per image of `shown`, the (h, w) int32 channel the model predicts (cropped to the image's own size).
+
+  Args:
+    model: the task step's model definition.
+    variables: its variables (as restored or trained; never modified).
+    shown: the images.
+    mesh: the device mesh of `variables`; the images are replicated over it
+      (a handful of images need not divide over the devices).
+  """
+  images, valid = shown.images, shown.valid
+  if mesh is not None:
+    images, valid = sharding.put_replicated((images, valid), mesh)
+  preds = np.asarray(jax.device_get(make_predict(model)(variables, images, valid)))
+  return [preds[i, :x.shape[0], :x.shape[1]] for i, x in enumerate(shown.rgb)]
+
+
+def channel_classes(plan) -> np.ndarray:
+  """Dataset class id of each channel of the plan's final model: background (0), then the class order."""
+  return np.asarray((0,) + tuple(plan.order), np.int64)
+
+
+def colourise(ids: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """(h, w, 3) uint8: `palette[id]` per pixel; ids outside the palette (void, padding) get `IGNORE_COLOUR`."""
+  palette = np.asarray(palette, np.uint8)
+  ids = np.asarray(ids, np.int64)
+  inside = (ids >= 0) & (ids < len(palette))
+  out = palette[np.where(inside, ids, 0)]
+  out[~inside] = IGNORE_COLOUR
+  return out
+
+
+def prediction_colours(pred: np.ndarray, channel_class: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """A predicted channel map coloured with the dataset's palette (channel -> class id -> colour)."""
+  return colourise(np.asarray(channel_class)[np.asarray(pred)], palette)
+
+
+def tb_image_count(cfg) -> int:
+  """`config.tb_images`: fixed evaluation images shown in TensorBoard at each task step's evaluation.
+
+  Configs saved before the field existed lack it: 0 (off).
+
+  Raises:
+    ValueError: not a non-negative integer.
+  """
+  value = cfg.get("tb_images", 0)
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"config.tb_images={value!r}: expected a non-negative integer (evaluation images shown in "
+                     "TensorBoard at each task step; 0 = none)")
+  return int(value)
+
+
+def image_summaries(exp, spec, variables: Any, shown: FixedImages, mesh=None) -> dict[str, np.ndarray]:
+  """TensorBoard images of task step `spec.index`: per fixed image, image | ground truth | prediction.
+
+  Ground truth is the raw dataset labels (every class, learned or not, void in
+  `IGNORE_COLOUR`), the same at every step; the prediction is the step's
+  model's argmax, both coloured with the dataset's palette. Reads
+  `variables` only: the metrics of the step are computed apart and unchanged.
+
+  Returns:
+    "eval_images/<i>" -> (h, 3 w + 2 gap, 3) uint8, one per image (a key's size
+    is the same at every step, as TensorBoard requires).
+  """
+  palette = exp.meta.palette
+  channel_class = channel_classes(exp.plan)
+  preds = predict_fixed(spec.model, variables, shown, mesh)
+  out = {}
+  for i, (rgb, label, pred) in enumerate(zip(shown.rgb, shown.labels, preds)):
+    gap = np.full((rgb.shape[0], _GAP, 3), 255, np.uint8)
+    out[f"eval_images/{i}"] = np.concatenate(
+        [rgb, gap, colourise(label, palette), gap, prediction_colours(pred, channel_class, palette)], axis=1)
+  return out

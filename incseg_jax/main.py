@@ -25,8 +25,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv, run_hooks: hooks.Hooks = hooks.NONE):
   runtime.setup_command(argv)
   # Imported here so that a bad flag is reported before TensorFlow and orbax load.
+  from incseg_jax import distributed  # pylint: disable=g-import-not-at-top
   from incseg_jax import train  # pylint: disable=g-import-not-at-top
   with runtime.clear_errors():
+    if distributed.initialize(_CONFIG.value):  # before anything touches a device
+      distributed.quiet_other_processes(_WORKDIR.value)
     train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value, hooks=run_hooks)
 
 

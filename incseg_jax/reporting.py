@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from incseg_jax import continual
 from incseg_jax import files
@@ -145,7 +145,7 @@ def write_all(workdir: str, res: dict[str, Any]) -> None:
   files.write_text_atomic(os.path.join(workdir, "results.csv"), to_csv(res))
 
 
-def _mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
+def mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
   """Mean IoU over the named classes present in the ground truth."""
   by_name = dict(zip(metrics["class_names"], metrics["iou"]))
   present = dict(zip(metrics["class_names"], metrics.get("present", [True] * len(metrics["iou"]))))
@@ -153,7 +153,12 @@ def _mean_over(metrics: dict[str, Any], names: Sequence[str]) -> float | None:
   return sum(vals) / len(vals) if vals else None
 
 
-def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[list[str], list[list[str]]]:
+# Extra columns of a comparison: their head, and (row label, the row's metrics) -> their cells.
+ExtraColumns = tuple[Sequence[str], Callable[[str, dict[str, Any]], Sequence[str]]]
+
+
+def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True,
+               extra: ExtraColumns | None = None) -> tuple[list[str], list[list[str]]]:
   """The first paper's table shape: one row per run, scored at its final step.
 
   Rows: each run (labelled by its method), then the reference rows "M0" (the
@@ -162,7 +167,8 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   incremental run: the paper's "old"), over the classes added afterwards
   ("new"), over all classes present (background included), mPA, mCA, and
   for the incremental runs the average incremental mIoU, the forgetting and
-  the harmonic mean of old and new (`incseg_jax/continual.py`).
+  the harmonic mean of old and new (`incseg_jax/continual.py`). `extra`
+  appends columns (e.g. a paper's numbers, `incseg_jax/published/beside.py`).
 
   Raises:
     ValueError: the incremental runs are not the same experiment shape
@@ -175,16 +181,17 @@ def comparison(runs: Sequence[dict[str, Any]], per_class: bool = True) -> tuple[
   base, added = class_groups(incremental, "compare")
   classes = ref["channel_names"] if per_class else []
   head = (["method"] + list(classes) + [f"mIoU old ({len(base)})", f"mIoU new ({len(added)})", "mIoU", "mPA", "mCA"]
-          + ["avg mIoU", "forgetting", "HM"])
+          + ["avg mIoU", "forgetting", "HM"] + (list(extra[0]) if extra else []))
 
   def row(label, m, steps=None):
     ious = dict(zip(m["class_names"], m["iou"]))
-    old, new = _mean_over(m, base), _mean_over(m, added)
+    old, new = mean_over(m, base), mean_over(m, added)
     s = continual.summary(steps) if steps and all("new_channels" in st for st in steps) else {}
     return ([label] + [_pct(ious.get(c)) for c in classes]
             + [_pct(old), _pct(new), _pct(m["miou"]), _pct(m["pixel_acc"]), _pct(m["mean_class_acc"])]
             + [_pct(s.get("avg_miou")), _pct(s.get("forgetting")),
-               _pct(continual.harmonic_mean(old, new)) if steps else "-"])
+               _pct(continual.harmonic_mean(old, new)) if steps else "-"]
+            + (list(extra[1](label, m)) if extra else []))
 
   rows = [row(r["method"], r["steps"][-1]["metrics"], r["steps"]) for r in incremental]
   rows.append(row("M0 (step 0)", ref["steps"][0]["metrics"]))
@@ -238,8 +245,8 @@ def final_scores(res: dict[str, Any], base: Sequence[str] | None,
   incremental mIoU and the forgetting (`incseg_jax/continual.py`).
   """
   m = res["steps"][-1]["metrics"]
-  old = _mean_over(m, base) if base is not None else None
-  new = _mean_over(m, added) if added is not None else None
+  old = mean_over(m, base) if base is not None else None
+  new = mean_over(m, added) if added is not None else None
   steps = res["steps"]
   run = continual.summary(steps) if len(steps) > 1 and all("new_channels" in st for st in steps) else {}
   return {"miou_old": old, "miou_new": new, "miou": m["miou"], "harmonic_mean": continual.harmonic_mean(old, new),
@@ -309,26 +316,51 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
   """Markdown of `sweep_summary`: a title line and one row per method, "mean ± std" in % ("-": none)."""
   title = " ".join(str(summary[k]) for k in ("dataset", "task", "setting") if summary.get(k))
   title += f" ({summary['labeling']})" if summary.get("labeling") else ""
-  head = _sweep_head(summary)
+  published = summary.get("published")
+  head = _sweep_head(summary) + (list(published["head"]) if published else [])
   lines = [f"{title}: final-step mIoU (%) and run summaries (docs/metrics.md), mean ± sample std over the n "
-           "finished seeds".strip(), "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+           "finished seeds".strip(), ""]
+  if published:  # the paper's numbers beside ours (sweep --published, incseg_jax/published/beside.py)
+    lines += [published["title"], ""]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in summary["methods"]:
     cells = [row["method"], str(row["n"])]
     for _, key in SWEEP_SCORES:
       mean, std = row["mean"][key], row["std"][key]
       cells.append("-" if mean is None else f"{_pct(mean)} ± {_pct(std)}")
+    if published:
+      cells += published["rows"][row["method"]]["cells"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def sweep_csv(summary: dict[str, Any]) -> str:
-  """CSV of `sweep_summary`: method, n, then mean and std of each score as fractions (empty: none)."""
+  """CSV of `sweep_summary`: method, n, then mean and std of each score as fractions (empty: none).
+
+  With a published block (sweep --published): then ours over the paper's old
+  classes where they count class 0, the paper's old / new / all and ours minus
+  the paper's (fractions too), and the paper's row.
+  """
+  published = summary.get("published")
+  roles = ("old", "new", "all")
   out = io.StringIO()
   w = csv.writer(out)
-  w.writerow(["method", "n"] + [f"{key}_{stat}" for _, key in SWEEP_SCORES for stat in ("mean", "std")])
+  extra_head = []
+  if published:
+    extra_head = ((["ours_old_paper_classes"] if published["ours_old_column"] else [])
+                  + [f"{what}_{role}" for role in roles for what in ("paper", "diff")] + ["paper_row"])
+  w.writerow(["method", "n"] + [f"{key}_{stat}" for _, key in SWEEP_SCORES for stat in ("mean", "std")]
+             + extra_head)
   fmt = lambda v: "" if v is None else f"{v:.6f}"
   for row in summary["methods"]:
-    w.writerow([row["method"], row["n"]] + [fmt(row[stat][key]) for _, key in SWEEP_SCORES
-                                            for stat in ("mean", "std")])
+    cells = [row["method"], row["n"]] + [fmt(row[stat][key]) for _, key in SWEEP_SCORES for stat in ("mean", "std")]
+    if published:
+      block = published["rows"][row["method"]]
+      ours, paper = block["ours"], block["paper"] or {}
+      cells += [fmt(ours.get("old"))] if published["ours_old_column"] else []
+      for role in roles:
+        p = None if paper.get(role) is None else paper[role] / 100
+        cells += [fmt(p), fmt(None if p is None or ours.get(role) is None else ours[role] - p)]
+      cells.append(block["source"] or "")
+    w.writerow(cells)
   return out.getvalue()

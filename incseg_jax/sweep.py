@@ -27,6 +27,14 @@ seed and error line, the others go on, and the exit status is 1. At the end
 `<workdir>/sweep.md`, `sweep.csv` and `sweep.json` hold one row per method:
 final-step mIoU old / new / all, mean and sample standard deviation over the
 finished seeds (`reporting.sweep_summary`).
+
+`--published=<dataset>/<scenario>/<setting>[/...]` adds a paper's numbers
+beside each method (old / new / all, ours minus the paper's, table and row;
+docs/published.md). `--table=<paper>/<n>` (e.g. `ucd/1`) runs a published
+table instead of `--methods`: one sub-sweep per experiment of the table in
+`<workdir>/<scenario>_<setting>[...]/`, each with the table's methods that
+exist here (the others are listed as not run) and that table's numbers
+beside ours; `<workdir>/table.md` collects the sub-sweeps' tables.
 """
 
 from __future__ import annotations
@@ -53,11 +61,13 @@ from incseg_jax import config_lib
 from incseg_jax import files
 from incseg_jax import losses as losses_lib
 from incseg_jax import methods as methods_lib
+from incseg_jax import published as published_lib
 from incseg_jax import reporting
 from incseg_jax import runtime
 from incseg_jax import tasks
 from incseg_jax import workdir as workdir_lib
 from incseg_jax.data import registry
+from incseg_jax.published import beside as beside_lib
 
 # The method whose step-0 model the others share, and the config fields the sweep sets itself.
 BASE_METHOD = "ft"
@@ -535,26 +545,48 @@ OUTPUTS = ("sweep.md", "sweep.csv", "sweep.json")
 
 
 def run_sweep(source: ConfigSource, method_names: Sequence[str], seeds: Sequence[int], workdir: str,
-              parallel: int = 1, step0_from: str = "") -> int:
+              parallel: int = 1, step0_from: str = "", published: str = "", table: str = "",
+              start: Callable[[Run], Any] | None = None, plot_images: int = -1) -> int:
   """Plans, runs and tabulates a sweep; returns the exit status (0, or 1 when a run failed).
 
+  Args:
+    source, method_names, seeds, workdir, parallel, step0_from: see `make_plan` and `execute`.
+    published: a published experiment's key (`voc/15-5/overlapped`) whose
+      numbers go beside ours (`published.beside`); empty: none.
+    table: with `published`, only that table's numbers (`ucd/1`).
+    start: run -> job (`execute`); default: in this process (`parallel` 1)
+      or as subprocesses.
+    plot_images: >= 0 also writes the plots of the finished runs into
+      `<workdir>/plots` (`incseg_jax.plot`) with this many evaluation images
+      per prediction grid (0: no grids); -1 writes none.
+
   Raises:
-    ValueError: bad methods, seeds or overrides (before anything runs).
+    ValueError: bad methods, seeds or overrides, or runs that are not the
+      `published` experiment (before anything runs).
   """
   if parallel < 1:
     raise ValueError(f"--parallel={parallel}: expected at least 1")
   plan = make_plan(source, method_names, seeds, workdir, step0_from)
+  beside = None
+  if published:  # checked before anything runs
+    beside = beside_lib.prepare(published, run_shape(source.make(BASE_METHOD, seeds[0])), table or None)
   print(plan.describe(), flush=True)
-  if parallel == 1:
+  if start is None and parallel == 1:
     start = start_in_process
-  else:
+  elif start is None:
     start = lambda run: _Subprocess(main_command(source, run), run.workdir)
   outcome = execute(plan.runs, start, parallel)
-  summary = collect(plan, outcome)
+  summary = collect(plan, outcome, beside)
   summary["config"] = f"{source.path}:{source.arg}"
   summary["overrides"] = list(source.override_args)
   write_outputs(workdir, summary)
   print(reporting.sweep_markdown(summary), flush=True)
+  finished = [r.workdir for r in plan.runs if r.in_table and outcome.get(r.key) is None
+              and is_finished(r.config, r.workdir)]
+  if finished and plot_images >= 0:
+    from incseg_jax import plot  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
+    written = plot.write_runs(finished, os.path.join(workdir, "plots"), images=plot_images)
+    print(f"sweep: {len(written)} plots in {os.path.join(workdir, 'plots')}", flush=True)
   failed = summary["failed"]
   print(f"sweep: {len(plan.runs)} runs, {len(failed)} failed; table in {os.path.join(workdir, OUTPUTS[0])}",
         flush=True)
@@ -563,8 +595,18 @@ def run_sweep(source: ConfigSource, method_names: Sequence[str], seeds: Sequence
   return 1 if failed else 0
 
 
-def collect(plan: Plan, outcome: Mapping[tuple[str, int], str | None]) -> dict[str, Any]:
-  """The sweep summary over the finished runs of the listed methods, with the failures and sharing decisions."""
+def run_shape(config) -> beside_lib.RunShape:
+  """What `published.beside.prepare` checks, from a run's config (no data read)."""
+  return beside_lib.RunShape(config.dataset.name, config.task, config.setting, config.labeling or None,
+                             config.class_order, registry.meta(config.dataset.name).num_fg)
+
+
+def collect(plan: Plan, outcome: Mapping[tuple[str, int], str | None],
+            beside: beside_lib.Beside | None = None) -> dict[str, Any]:
+  """The sweep summary over the finished runs of the listed methods, with the failures and sharing decisions.
+
+  With `beside`, also the paper's numbers beside ours (`summary["published"]`).
+  """
   results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in plan.step0}
   for run in plan.runs:
     if run.in_table and outcome.get(run.key) is None and is_finished(run.config, run.workdir):
@@ -577,6 +619,8 @@ def collect(plan: Plan, outcome: Mapping[tuple[str, int], str | None]) -> dict[s
     summary["step0_from"] = plan.step0_from
   summary["failed"] = [{"method": r.method, "seed": r.seed, "error": outcome[r.key]}
                        for r in plan.runs if outcome.get(r.key) is not None]
+  if beside is not None:
+    summary["published"] = beside_lib.sweep_rows(beside, results)
   return summary
 
 
@@ -597,6 +641,150 @@ def parse_seeds(values: Sequence[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------
+# A published table: one sub-sweep per experiment of the table.
+
+# The training protocol of each paper's tables (config_lib.PROTOCOLS), set for real datasets unless given.
+PAPER_PROTOCOL = {"ilt": "ilt", "ucd": "ucd"}
+TABLE_OUTPUT = "table.md"
+
+
+@dataclasses.dataclass
+class SubSweep:
+  """One experiment of a published table, as a sweep.
+
+  Attributes:
+    key: the experiment (`published.Key`).
+    source: the config source of its runs (the scenario, setting, labeling and order of `key`).
+    methods: the table's methods for it that run here, in the table's order.
+    workdir: `<sweep workdir>/<key.slug>`.
+    skipped: one line per row of the table not run, with why.
+    notes: what was set or could not be, one line each.
+  """
+  key: published_lib.Key
+  source: ConfigSource
+  methods: list[str]
+  workdir: str
+  skipped: list[str]
+  notes: list[str]
+
+
+def _with_items(arg: str, items: Mapping[str, str]) -> str:
+  """The config argument `arg` with `items` set (replacing the same keys)."""
+  kept = [i.strip() for i in arg.split(",") if i.strip() and i.split("=")[0].strip() not in items]
+  return ",".join(kept + [f"{k}={v}" for k, v in items.items()])
+
+
+def table_plan(source: ConfigSource, table_id: str, workdir: str, only: Sequence[str] = ()) -> list[SubSweep]:
+  """The sub-sweeps of `--table=table_id`: every experiment of the table with its methods that exist here.
+
+  The config's dataset must be the table's; `shapes` stands in for VOC (its
+  tables only), with `order=frequency` for the first paper's VOC frequency
+  order. On a real dataset the paper's protocol is added unless `--config`
+  gives one. Rows with no preset here, the first paper's step-0 row M0 and
+  methods that cannot run as configured (replay without `--config.replay.dir`)
+  are listed in `skipped`, not run.
+
+  Args:
+    source: the config source (`--config`, its overrides).
+    table_id: `ucd/1`, `ilt/3`, ...
+    workdir: the sweep directory.
+    only: if given, only these of the table's methods (`--methods`).
+
+  Raises:
+    ValueError: an unknown or untranscribed table, a config of another
+      dataset, or `only` naming a method the table does not have.
+  """
+  grid = published_lib.table(table_id)
+  paper = table_id.split("/")[0]
+  dataset = source.make(BASE_METHOD, 0).dataset.name
+  stand_in = beside_lib.STAND_IN.get(dataset) == grid.dataset
+  if dataset != grid.dataset and not stand_in:
+    if dataset in beside_lib.STAND_IN:
+      fit = [t["id"] for t in published_lib.tables()
+             if t["status"] == "transcribed" and t["dataset"] == beside_lib.STAND_IN[dataset]]
+      raise ValueError(f"--table={table_id} is on {grid.dataset}; {dataset} stands in for "
+                       f"{beside_lib.STAND_IN[dataset]} only: one of {', '.join(fit)}")
+    raise ValueError(f"--table={table_id} is on {grid.dataset}, but --config is on {dataset}")
+  everything = {m for ms in grid.methods.values() for m in ms}
+  unknown = [m for m in only if m not in everything]
+  if unknown:
+    raise ValueError(f"--methods={','.join(only)}: {', '.join(unknown)} not in table {table_id} (its methods: "
+                     f"{', '.join(sorted(everything))})")
+  given = {i.split("=")[0].strip() for i in source.arg.split(",") if i.strip()}
+  subs = []
+  for key in grid.keys:
+    items, notes = {"task": key.scenario, "setting": key.setting}, []
+    if key.labeling:
+      items["labeling"] = key.labeling
+    if key.order:
+      items["order"] = beside_lib.STAND_IN_ORDER.get(key.order, key.order) if stand_in else key.order
+      if items["order"] != key.order:
+        notes.append(f"order={items['order']} ({dataset}'s training pixel counts) stands in for the paper's "
+                     f"order={key.order}")
+    if key.pretrain:
+      notes.append(f"the paper pre-trained on {key.pretrain}: the backbone is yours to set (--config.pretrained)")
+    if not stand_in and "protocol" not in given:
+      items["protocol"] = PAPER_PROTOCOL[paper]
+      notes.append(f"protocol={items['protocol']} (the paper's; give protocol= in --config for another)")
+    sub = dataclasses.replace(source, arg=_with_items(source.arg, items))
+    methods, skipped = [], []
+    for m in grid.methods[str(key)]:
+      if only and m not in only:
+        continue
+      if m == published_lib.STEP0:
+        skipped.append(f"{m}: the step-0 model, not a method (compare prints it as 'M0 (step 0)')")
+        continue
+      try:
+        method = methods_lib.get(m)
+        replay_dir = sub.make(m, 0).replay.dir if method.replay else "given"
+      except ValueError as e:
+        skipped.append(f"{m}: {e}")
+        continue
+      if not replay_dir:
+        skipped.append(f"{m}: needs replay images of the old classes (--config.replay.dir)")
+        continue
+      methods.append(m)
+    if not only:
+      skipped += [f"{row}: {why}" for row, why in grid.unmatched]
+    subs.append(SubSweep(key, sub, methods, os.path.join(workdir, key.slug), skipped, notes))
+  return subs
+
+
+def run_table(source: ConfigSource, table_id: str, seeds: Sequence[int], workdir: str, parallel: int = 1,
+              only: Sequence[str] = (), start: Callable[[Run], Any] | None = None) -> int:
+  """Runs every sub-sweep of `table_plan` (skipping and resuming as a sweep does), each printed with the
+  table's numbers beside ours; writes `<workdir>/table.md`. Returns 1 when a run failed, else 0.
+
+  Raises:
+    ValueError: see `table_plan`, `run_sweep`.
+  """
+  subs = table_plan(source, table_id, workdir, only)
+  grid = published_lib.table(table_id)
+  print(f"sweep --table={table_id} ({grid.caption.split('. ')[0]}): {len(subs)} sub-sweeps: "
+        + ", ".join(str(s.key) for s in subs), flush=True)
+  statuses = []
+  sections = [f"# {table_id}: {grid.caption}", ""]
+  for i, sub in enumerate(subs):
+    print(f"sweep --table={table_id} [{i + 1}/{len(subs)}]: {sub.key} in {sub.workdir}", flush=True)
+    lines = [f"note: {n}" for n in sub.notes] + [f"not run: {s}" for s in sub.skipped]
+    for line in lines:
+      print(f"  {line}", flush=True)
+    sections += [f"## {sub.key}", ""] + [f"- {line}" for line in lines] + ([""] if lines else [])
+    if not sub.methods:
+      print("  nothing to run here", flush=True)
+      sections += ["nothing to run here", ""]
+      continue
+    statuses.append(run_sweep(sub.source, sub.methods, seeds, sub.workdir, parallel, published=str(sub.key),
+                              table=table_id, start=start))
+    with open(os.path.join(sub.workdir, OUTPUTS[0])) as f:
+      sections += [f.read().rstrip("\n"), ""]
+  os.makedirs(workdir, exist_ok=True)
+  files.write_text_atomic(os.path.join(workdir, TABLE_OUTPUT), "\n".join(sections))
+  print(f"sweep --table={table_id}: tables in {os.path.join(workdir, TABLE_OUTPUT)}", flush=True)
+  return 1 if any(statuses) else 0
+
+
+# ---------------------------------------------------------------------------
 # Command line (the flags are defined only when run as a program, so that importing this
 # module next to incseg_jax.main or incseg_jax.evaluate defines no flag twice).
 
@@ -605,13 +793,20 @@ def _define_flags() -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg] (without method=).",
                                   lock_config=True)
-  flags.DEFINE_list("methods", None, "Methods to run, e.g. ft,mib,plop,ef+kd_cls_t.")
+  flags.DEFINE_list("methods", None, "Methods to run, e.g. ft,mib,plop,ef+kd_cls_t (with --table: only these "
+                    "of the table's).")
   flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) of every method.")
   flags.DEFINE_string("workdir", None, "Sweep directory: <workdir>/<method>/seed_<seed>/ and sweep.{md,csv,json}.")
   flags.DEFINE_integer("parallel", 1, "Runs at once: 1 runs them in this process, N > 1 as N subprocesses.")
   flags.DEFINE_string("step0_from", "", "Another sweep's directory whose step-0 models every run reuses "
                       "(e.g. the 15-5 sweep's for a 15-1 sweep).")
-  flags.mark_flags_as_required(["config", "methods", "workdir"])
+  flags.DEFINE_string("published", "", "Put a paper's numbers beside ours: the experiment's key, e.g. "
+                      "voc/15-5/overlapped (docs/published.md).")
+  flags.DEFINE_integer("plot_images", 0, "Plots of the finished runs in <workdir>/plots (incseg_jax.plot) with this "
+                       "many evaluation images per prediction grid (0: curves and heat maps only; -1: no plots).")
+  flags.DEFINE_string("table", "", "Run a published table (e.g. ucd/1): one sub-sweep per experiment of it, "
+                      "with its numbers beside ours (docs/published.md).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -622,7 +817,16 @@ def main(argv):
   with runtime.clear_errors():
     source = ConfigSource(path=path, arg=arg, overrides=dict(config_flags.get_override_values(fv["config"])),
                           override_args=override_args(sys.argv[1:], fv))
-    status = run_sweep(source, fv.methods, parse_seeds(fv.seeds), fv.workdir, fv.parallel, fv.step0_from)
+    if fv.table:
+      if fv.published or fv.step0_from:
+        raise ValueError("--table runs each experiment of the table with its numbers beside ours: drop "
+                         + " and ".join(f for f in ("--published", "--step0_from") if fv[f[2:]].value))
+      status = run_table(source, fv.table, parse_seeds(fv.seeds), fv.workdir, fv.parallel, fv.methods or ())
+    elif not fv.methods:
+      raise ValueError("give --methods (or --table=<paper>/<table>, e.g. --table=ucd/1)")
+    else:
+      status = run_sweep(source, fv.methods, parse_seeds(fv.seeds), fv.workdir, fv.parallel, fv.step0_from,
+                         published=fv.published, plot_images=fv.plot_images)
   sys.exit(status)
 
 

@@ -27,6 +27,7 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from incseg_jax import checkpointing
+from incseg_jax import distributed
 from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import hooks as hooks_lib
@@ -71,17 +72,22 @@ def run(config, workdir: str, allow_config_change: bool = False,
 def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks) -> dict[str, Any]:
   """`run` with the workdir held."""
   validate.config(config)
+  num_images = evaluation.tb_image_count(config)  # a bad value is refused before anything is written
   exp = experiment_lib.build(config)
   validate.experiment(exp)
 
   def verify():  # everything that can refuse the run, before check_workdir writes config.json
+    distributed.check_topology(workdir, bool((config.get("distributed") or {}).get("allow_resize")))
     workdir_lib.check_checkpoints(exp, workdir)
     if config.init_from and not checkpointing.is_done(workdir, 0):
       workdir_lib.check_init_from(exp)
 
   workdir_lib.check_workdir(config, workdir, allow_config_change, verify=verify)
+  distributed.record_topology(workdir)
   mesh = sharding.make_mesh()
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # Decoded once: the same images at every step's evaluation, so TensorBoard shows how their predictions change.
+  shown = evaluation.fixed_images(exp.eval_split, num_images, config.input) if num_images else None
   print(exp.plan.describe(exp.meta.class_names), flush=True)
   for k in range(exp.num_steps):
     spec = exp.step(k)
@@ -108,6 +114,9 @@ def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks
           f"eval/{m}": v for m, v in metrics.items() if m.startswith("miou") and v is not None})
       if jax.process_index() == 0:
         checkpointing.mark_done(workdir, k, record)
+      if shown is not None:  # after the step is recorded, from the same variables (only read)
+        writer.write_images(offset + spec.num_train_steps,
+                            evaluation.image_summaries(exp, spec, variables, shown, mesh))
       hooks.after_task_step(k)
     records.append(record)
     print(reporting.step_line(record), flush=True)

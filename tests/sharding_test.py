@@ -1,10 +1,12 @@
-"""The sharded train step gives the same loss (and method state) on 8 simulated devices as on 1."""
+"""The sharded train step gives the same loss, gradient norm, BatchNorm statistics and method state on 8 simulated devices as on 1."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+
+import numpy as np
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -32,11 +34,14 @@ SCRIPT = textwrap.dedent("""
     state = sharding.put_replicated(state, mesh)
     task = losses.TaskInfo(index=1, num_channels=6, old_channels=(1, 2, 3), new_channels=(4, 5))
     step = ts.make_train_step(student, teacher, [("ce", 1.0, {})], task, tx, sched)
-    losses_out = []
+    losses_out, grad_norms = [], []
     for i in range(2):
         state, m = step(state, sharding.put_replicated(tvars, mesh), sharding.put_batch(batch, mesh),
                         jax.random.key(0))
         losses_out.append(float(m["loss"]))
+        grad_norms.append(float(m["grad_norm"]))
+    # The new BatchNorm statistics: those of the global batch, whatever the device count.
+    stats = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(state.batch_stats)]
     # EWC: its state (Fisher, importance) replicated like the parameters and
     # updated inside the step from the global batch's gradients.
     from incseg_jax.losses import regularizers, state as state_lib
@@ -57,7 +62,7 @@ SCRIPT = textwrap.dedent("""
         ewc_losses.append(float(m["loss_ewc"]))
     fisher = state.method_state["ewc"]["fisher"]
     leaf = jax.tree.leaves(fisher)[0]
-    print(json.dumps({"devices": jax.device_count(), "loss": losses_out,
+    print(json.dumps({"devices": jax.device_count(), "loss": losses_out, "grad_norm": grad_norms, "stats": stats,
                       "shards": len(sharding.put_batch(batch, mesh)["image"].addressable_shards),
                       "ewc_loss": ewc_losses, "fisher_sum": float(sum(np.sum(x) for x in jax.tree.leaves(fisher))),
                       "state_replicated": bool(leaf.sharding.is_fully_replicated)}))
@@ -76,8 +81,12 @@ def test_sharded_step_matches_single_device():
   assert one["devices"] == 1 and eight["devices"] == 8 and eight["shards"] == 8
   # Same loss before the first update and after one (BatchNorm statistics are
   # computed over the global batch in both cases).
-  for a, b in zip(one["loss"], eight["loss"]):
+  for a, b in zip(one["loss"] + one["grad_norm"], eight["loss"] + eight["grad_norm"]):
     assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (one, eight)
+  # The new BatchNorm statistics after two updates, leaf by leaf.
+  assert len(one["stats"]) == len(eight["stats"])
+  for a, b in zip(one["stats"], eight["stats"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # A method's state: replicated, and the same on 8 devices as on 1.
   assert eight["state_replicated"] and eight["ewc_loss"][0] == 0.0 and eight["ewc_loss"][-1] > 0
   for a, b in zip(one["ewc_loss"] + [one["fisher_sum"]], eight["ewc_loss"] + [eight["fisher_sum"]]):
