@@ -167,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.replay.ratio_old = 4  # replay : new images in each batch (the RECALL code's interleave ratios 4 : 4)
   c.replay.ratio_new = 4
   c.replay.label = "class"  # class: {background, the folder's class} | argmax: every old class
+  # learned: the model right after the step that learned a class labels its images once (as RECALL's
+  # helper decoders); previous: the previous model labels them again at every step
+  c.replay.labeller = "learned"
   c.replay.mix_labels = True  # new images' background labelled with the previous model's argmax
   c.replay.per_class = 0  # read at most this many images per class folder (0: all)
 

@@ -172,11 +172,20 @@ class Experiment:
     """Uses `entries` (a saved memory) as step `task_index`'s memory."""
     self._memories[task_index] = list(entries)
 
-  def replay_for(self, spec: StepSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(images, indices, channels) of the replay images of `spec`'s old classes, or None (no replay there)."""
+  def replay_for(self, spec: StepSpec) -> tuple[np.ndarray, ...] | None:
+    """(images, indices, channels[, labels]) of the replay images of `spec`'s old classes, or None (no replay).
+
+    With `config.replay.labeller="learned"` also the labels each image got from
+    the model of the step that learned its class (`train.prepare_replay_labels`).
+    """
     if self.replay is None or spec.index == 0 or not spec.task.old_classes:
       return None
     idx, channels = self.replay.select(dict(zip(spec.task.old_classes, spec.task.old_channels)))
+    if self.config.replay.get("labeller", "previous") == "learned":
+      missing = [self.replay.paths[i] for i in idx if self.replay.labels[i] is None]
+      if missing:  # train.prepare_replay_labels makes them before the step trains
+        raise ValueError(f"replay labels missing for {len(missing)} image(s), e.g. {missing[0]}")
+      return self.replay.images, idx, channels, self.replay.labels
     return self.replay.images, idx, channels
 
 

@@ -7,16 +7,24 @@ user supplies one folder per old class, named as the dataset names the
 class: `replay.dir/<class name>/*.jpg` (or .jpeg / .png), as a web crawl
 gives them, without masks. At every incremental step those images are mixed
 into the batches (`replay.ratio_old : replay.ratio_new` of each batch, 4 : 4
-in the RECALL code) and labelled inside the jitted train step by the previous
-model (the teacher the step already runs):
+in the RECALL code) with labels from a model:
 
-* `label="class"` (default): a pixel is the folder's class where the previous
-  model scores that class above background, else background; the RECALL code
-  labels with class-specific helper decoders whose outputs are exactly
-  {background, the class}, and this is that rule with the previous model as
-  the helper.
-* `label="argmax"`: the previous model's argmax over every old class (the
-  RECALL code's path without helper decoders).
+* `labeller="learned"` (default): the images of the classes step s learned
+  are labelled once, by step s's final model, and kept in the workdir
+  (`replay_labels/task_<s>/`). The RECALL code labels each class with a
+  helper decoder trained when the class is learned, so its labels do not
+  change in later steps either.
+* `labeller="previous"`: the previous model labels every replay image again
+  at every step, inside the jitted train step (the teacher it already runs).
+  Its errors then compound over a long sequence (docs/results_shapes.md).
+
+and the rule:
+
+* `label="class"` (default): a pixel is the folder's class where the model
+  scores that class above background, else background; the RECALL code's
+  helper decoders output exactly {background, the class}.
+* `label="argmax"`: the model's argmax over every class it knows (the RECALL
+  code's path without helper decoders).
 
 `mix_labels` (on in the RECALL code) also fills the background pixels of the
 new images with the previous model's argmax over the old classes, so old
@@ -55,10 +63,13 @@ class ReplaySet:
     images: object array of encoded image bytes.
     class_ids: (N,) int64 original class id of the folder each image came from.
     paths: the file of each image (for messages).
+    labels: object array of PNG labels per image (None where not made yet),
+      with `labeller="learned"`.
   """
   images: np.ndarray
   class_ids: np.ndarray
   paths: list[str]
+  labels: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.images)
@@ -119,7 +130,8 @@ def read_folder(root: str, class_names: dict[int, str], per_class: int = 0) -> R
       images.append(data)
       class_ids.append(cid)
       paths.append(path)
-  return ReplaySet(images=np.asarray(images, dtype=object), class_ids=np.asarray(class_ids, np.int64), paths=paths)
+  return ReplaySet(images=np.asarray(images, dtype=object), class_ids=np.asarray(class_ids, np.int64), paths=paths,
+                   labels=np.full(len(images), None, dtype=object))
 
 
 def batch_composition(batch_size: int, ratio_old: int, ratio_new: int) -> int:
@@ -191,6 +203,81 @@ def relabel(teacher_logits: jax.Array, labels: jax.Array, replay_class: jax.Arra
   if mix_labels:
     out = mix_background(teacher_logits, out, replay_class)
   return out
+
+
+LABELLERS = ("learned", "previous")
+LABELS_DIR = "replay_labels"
+
+
+def label_images(forward, images: np.ndarray, channels: np.ndarray, *, mode: str, input_cfg,
+                 bucket: int = 32) -> list[bytes]:
+  """PNG-encoded labels of replay images, from one model's eval-mode logits (`label_replay`'s rule).
+
+  Args:
+    forward: `(images (B, H, W, 3) normalised, valid (B, H, W) bool) -> logits (B, H, W, C)`.
+    images: encoded replay images.
+    channels: the channel each image stands for.
+    mode: "class" or "argmax".
+    input_cfg: `config.input` (normalisation).
+    bucket: images are padded to a multiple of this (few compiled shapes); the
+      padding is masked out of the model's image pooling and cut off again.
+
+  Returns:
+    One PNG (uint8 channel ids, at the image's own size) per image.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  mean, std = np.asarray(input_cfg.mean, np.float32), np.asarray(input_cfg.std, np.float32)
+  out = []
+  for data, channel in zip(images, channels):
+    img = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    h, w = img.shape[:2]
+    ph, pw = -(-h // bucket) * bucket, -(-w // bucket) * bucket
+    x = np.zeros((1, ph, pw, 3), np.float32)
+    x[0, :h, :w] = (img.astype(np.float32) / 255.0 - mean) / std
+    valid = np.zeros((1, ph, pw), bool)
+    valid[0, :h, :w] = True
+    logits = forward(x, valid)
+    labels = label_replay(logits, jnp.zeros((1, ph, pw), jnp.int32), jnp.asarray([channel], jnp.int32), mode=mode,
+                          ignore_label=255)
+    label = np.asarray(labels)[0, :h, :w].astype(np.uint8)
+    out.append(tf.io.encode_png(label[..., None]).numpy())
+  return out
+
+
+def labels_dir(workdir: str, task_index: int) -> str:
+  """Where the labels made by task step `task_index`'s model (for the classes it learned) are kept."""
+  return os.path.join(workdir, LABELS_DIR, f"task_{task_index:02d}")
+
+
+def save_labels(directory: str, names: Sequence[str], labels: Sequence[bytes]) -> None:
+  """Writes one PNG per image (`names`: file names) and, last, a `done` marker (a partial write is redone)."""
+  os.makedirs(directory, exist_ok=True)
+  for name, data in zip(names, labels):
+    with open(os.path.join(directory, name), "wb") as f:
+      f.write(data)
+  with open(os.path.join(directory, "done"), "w") as f:
+    f.write(f"{len(labels)}\n")
+
+
+def load_labels(directory: str, names: Sequence[str]) -> list[bytes] | None:
+  """The labels `save_labels` wrote for `names`, or None when they are not (all) there."""
+  if not os.path.exists(os.path.join(directory, "done")):
+    return None
+  out = []
+  for name in names:
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      return None
+    with open(path, "rb") as f:
+      out.append(f.read())
+  return out
+
+
+def label_file(path: str) -> str:
+  """The label file name of a replay image: `<class folder>__<stem>.png` (unique across folders)."""
+  folder, name = os.path.split(path)
+  return f"{os.path.basename(folder)}__{os.path.splitext(name)[0]}.png"
 
 
 def old_class_names(old_classes: Sequence[int], names: Sequence[str]) -> dict[int, str]:

@@ -34,6 +34,7 @@ from incseg_jax import hooks as hooks_lib
 from incseg_jax import memory as memory_lib
 from incseg_jax import methods
 from incseg_jax import models
+from incseg_jax import replay as replay_lib
 from incseg_jax import reporting
 from incseg_jax import sharding
 from incseg_jax import train_step as ts
@@ -195,10 +196,13 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
       exp.set_memory(k, saved)
     elif jax.process_index() == 0:
       memory_lib.save(checkpointing.task_dir(workdir, k), exp.memory_for(k))
+  if k > 0 and exp.replay is not None:
+    prepare_replay_labels(exp, k, workdir, teacher_vars, mesh)
   if start < num_steps:
     replay = None
     if exp.replay_for(spec) is not None:
-      replay = {"label": cfg.replay.label, "mix_labels": bool(cfg.replay.mix_labels)}
+      replay = {"label": cfg.replay.label, "mix_labels": bool(cfg.replay.mix_labels),
+                "prelabelled": cfg.replay.get("labeller", "previous") == "learned"}
     step_fn = ts.make_train_step(spec.model, spec.teacher_model, spec.terms, spec.info, tx, schedule, spec.frozen,
                                  spec.states, replay=replay)
     extras = None
@@ -218,6 +222,40 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
   ckpt.close()
   return ({"params": state.params, "batch_stats": state.batch_stats}, int(jax.device_get(state.skipped)),
           _host_states(state))
+
+
+def prepare_replay_labels(exp: experiment_lib.Experiment, k: int, workdir: str, teacher_vars, mesh) -> None:
+  """With `config.replay.labeller="learned"`: the labels of the replay images of every class old at step `k`.
+
+  The images of the classes step s learned are labelled once, by step s's
+  final model (`replay.label_images`), and kept in
+  `<workdir>/replay_labels/task_<s>/`; a later step, a resume or another
+  process reads them back. Step k - 1's model is the teacher at hand; an
+  earlier step's missing labels (e.g. a run continued from `init_from`) come
+  from its restored checkpoint.
+  """
+  cfg = exp.config
+  if cfg.replay.get("labeller", "previous") != "learned":
+    return
+  for s in range(k):
+    step = exp.plan.steps[s]
+    idx, channels = exp.replay.select(dict(zip(step.new_classes, step.new_channels)))
+    if not len(idx) or all(exp.replay.labels[i] is not None for i in idx):
+      continue
+    names = [replay_lib.label_file(exp.replay.paths[i]) for i in idx]
+    directory = replay_lib.labels_dir(workdir, s)
+    labels = replay_lib.load_labels(directory, names)
+    if labels is None:
+      variables = teacher_vars if s == k - 1 else workdir_lib.restore_step(exp, workdir, s, mesh)
+      model = exp.step(s).model
+      forward = jax.jit(lambda v, x, m: model.apply(v, x, train=False, valid=m)["logits"])
+      print(f"task step {k}: labelling {len(idx)} replay images of step {s}'s classes with its model", flush=True)
+      labels = replay_lib.label_images(lambda x, m: forward(variables, x, m), exp.replay.images[idx], channels,
+                                       mode=cfg.replay.label, input_cfg=cfg.input)
+      if jax.process_index() == 0:
+        replay_lib.save_labels(directory, names, labels)
+    for i, label in zip(idx, labels):
+      exp.replay.labels[i] = label
 
 
 def init_states(spec: experiment_lib.StepSpec, params, teacher_vars, previous: dict[str, Any] | None) -> dict[str, Any]:

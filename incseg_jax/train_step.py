@@ -87,10 +87,11 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       carry state: `state.method_state[name]` is updated by every applied
       train step from the forward terms' gradients and the parameters they
       were taken at, and is the term's `inputs.state`.
-    replay: `{"label": mode, "mix_labels": bool}` when the batches carry
-      replay images (`batch["replay_class"]`): their labels, and with
-      `mix_labels` the background of the step's own images, come from the
-      teacher's logits before any loss term sees them (`incseg_jax.replay`).
+    replay: `{"label": mode, "mix_labels": bool, "prelabelled": bool}` when
+      the batches carry replay images (`batch["replay_class"]`): their labels
+      (unless `prelabelled`: they came with the batch), and with `mix_labels`
+      the background of the step's own images, come from the teacher's
+      logits before any loss term sees them (`incseg_jax.replay`).
 
   Returns:
     `step(state, teacher_variables, batch, key, extras=None) -> (state, metrics)`, jitted,
@@ -113,8 +114,11 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
     if teacher is not None:
       teacher_out = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
       if replay is not None and "replay_class" in batch:
-        labels = replay_lib.relabel(teacher_out["logits"], labels, batch["replay_class"], mode=replay["label"],
-                                    mix_labels=replay["mix_labels"], ignore_label=task.ignore_label)
+        if not replay.get("prelabelled"):  # labelled now by the previous model
+          labels = replay_lib.label_replay(teacher_out["logits"], labels, batch["replay_class"],
+                                           mode=replay["label"], ignore_label=task.ignore_label)
+        if replay["mix_labels"]:
+          labels = replay_lib.mix_background(teacher_out["logits"], labels, batch["replay_class"])
     method_state = state.method_state or {}
     step_index = state.step
 

@@ -231,6 +231,8 @@ def _check_replay(cfg, method) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < (1 if field == "ratio_new" else 0):
       raise ValueError(f"config.replay.{field}={value!r}: expected a {'positive' if field == 'ratio_new' else 'non-negative'} "
                        "integer")
+  if rp.get("labeller", "learned") not in replay_lib.LABELLERS:
+    raise ValueError(f"config.replay.labeller={rp.labeller!r}: expected one of {', '.join(replay_lib.LABELLERS)}")
   if rp.label not in replay_lib.LABEL_MODES:
     raise ValueError(f"config.replay.label={rp.label!r}: expected one of {', '.join(replay_lib.LABEL_MODES)}")
   if not isinstance(rp.mix_labels, bool):

@@ -278,9 +278,63 @@ def test_the_train_step_trains_on_the_relabelled_targets():
   assert seen[True] != seen[False]
 
 
-def test_recall_runs_end_to_end(smoke_config, tmp_path):
-  shapes_replay.write(str(tmp_path / "replay"), per_class=3)
-  cfg = smoke_config("method=recall,task=15-5")
+def test_label_images_uses_each_images_own_class_and_size():
+  cfg = _input_cfg(4)
+  imgs = [np.zeros((5, 7, 3), np.uint8), np.zeros((3, 4, 3), np.uint8)]
+  encoded = [tf.io.encode_png(i).numpy() for i in imgs]
+
+  def forward(x, valid):  # channel 2 beats background on the left half of the real pixels, channel 1 nowhere
+    logits = np.zeros(x.shape[:3] + (3,), np.float32)
+    logits[..., 1] = -1.0
+    logits[:, :, :2, 2] = 1.0
+    assert valid.sum() in (35, 12) and x.shape[1] % 32 == 0
+    return jnp.asarray(logits)
+
+  out = replay.label_images(forward, np.asarray(encoded, dtype=object), np.array([2, 1]), mode="class",
+                            input_cfg=cfg)
+  first, second = (tf.io.decode_png(o).numpy()[..., 0] for o in out)
+  assert first.shape == (5, 7) and second.shape == (3, 4)
+  assert (first[:, :2] == 2).all() and (first[:, 2:] == 0).all()
+  assert (second == 0).all()  # an image of class 1, which never beats background
+
+
+def test_labels_are_kept_only_when_complete(tmp_path):
+  names = ["a__0.png", "b__1.png"]
+  assert replay.load_labels(str(tmp_path / "l"), names) is None
+  replay.save_labels(str(tmp_path / "l"), names, [b"x", b"y"])
+  assert replay.load_labels(str(tmp_path / "l"), names) == [b"x", b"y"]
+  os.remove(tmp_path / "l" / "done")  # a write cut short: labelled again
+  assert replay.load_labels(str(tmp_path / "l"), names) is None
+  assert replay.label_file("/r/red_circle/0007.jpg") == "red_circle__0007.png"
+
+
+def test_labelled_replay_batches_carry_their_stored_labels():
+  rng = np.random.default_rng(0)
+  imgs, lbls = _encoded(rng.integers(0, 255, size=(4, 8, 8, 3), dtype=np.uint8), np.full((4, 8, 8), 3, np.uint8))
+  split = pipeline.EncodedSplit(images=imgs, labels=lbls, classes=[np.array([3])] * 4, pixel_counts=None,
+                                ids=[str(i) for i in range(4)])
+  rep_imgs, rep_lbls = _encoded(rng.integers(0, 255, size=(2, 8, 8, 3), dtype=np.uint8),
+                                np.full((2, 8, 8), 2, np.uint8))
+  rp = (rep_imgs, np.array([0, 1]), np.array([2, 2], np.int32), rep_lbls)
+  for b in pipeline.train_batches(split, np.arange(4), np.arange(256, dtype=np.uint8), _input_cfg(4), seed=0,
+                                  task_index=1, start_step=0, num_steps=2, ignore_label=IGNORE, replay=rp,
+                                  num_replay=2):
+    assert (b["label"][:2] == 3).all() and (b["label"][2:] == 2).all()
+    np.testing.assert_array_equal(b["replay_class"], [0, 0, 2, 2])
+
+
+@pytest.mark.parametrize("labeller", ["learned", "previous"])
+def test_recall_runs_end_to_end(smoke_config, tmp_path, labeller):
+  shapes_replay.write(str(tmp_path / "replay"), per_class=2)
+  cfg = smoke_config("method=recall,task=18-1")
   cfg.replay.dir = str(tmp_path / "replay")
-  results = train.run(cfg, str(tmp_path / "run"))
-  assert len(results["steps"]) == 2
+  cfg.replay.labeller = labeller
+  workdir = str(tmp_path / "run")
+  results = train.run(cfg, workdir)
+  assert len(results["steps"]) == 3
+  made = sorted(os.listdir(os.path.join(workdir, replay.LABELS_DIR))) if labeller == "learned" else []
+  # Step 0's 18 classes are labelled by step 0's model, step 1's class by step 1's; nothing else.
+  assert made == (["task_00", "task_01"] if labeller == "learned" else [])
+  if labeller == "learned":
+    labels = [f for f in os.listdir(os.path.join(workdir, replay.LABELS_DIR, "task_00")) if f.endswith(".png")]
+    assert len(labels) == 18 * 2

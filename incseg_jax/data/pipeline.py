@@ -176,10 +176,11 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     threads: parallel decode/augment calls (None: tf.data autotunes); the
       batches are the same for any value.
     replay: optional (encoded images, indices into them, channel of each
-      index) of unlabelled replay images (`incseg_jax.replay`); they fill the
-      last `num_replay / hosts` slots of every host's part of each batch,
-      in their own order (a second stream of the same seed and step), and
-      carry label 0 on their pixels (the train step labels them).
+      index[, encoded PNG labels aligned with the images]) of replay images
+      (`incseg_jax.replay`); they fill the last `num_replay / hosts` slots of
+      every host's part of each batch, in their own order (a second stream of
+      the same seed and step). Without labels they carry label 0 on their
+      pixels (the train step labels them).
     num_replay: replay images per global batch (0 without replay).
     memory: optional (training-split indices, label-table id of each, label
       tables (T, 256) uint8) of an exemplar memory (`incseg_jax.memory`):
@@ -219,7 +220,7 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     seq = sample_sequence(indices, seed=seed, task_index=task_index, start=start_step * n_new,
                           stop=num_steps * n_new)
     idx[own] = seq[new_pos[own] - start_step * n_new]
-  replay_images = None
+  replay_images = replay_labels = None
   luts = np.asarray(lut, np.uint8)[None]  # table 0: the step's own; memory entries bring theirs
   if n_rep:
     extra_indices, extra_values = (replay[1], replay[2]) if replay is not None else (memory[0], memory[1])
@@ -230,6 +231,7 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     idx[is_rep] = extra_indices[pick]
     if replay is not None:
       replay_images = replay[0]
+      replay_labels = replay[3] if len(replay) > 3 else None
       rclass[is_rep] = extra_values[pick]
     else:  # memory: its label table, after the step's own (id 0)
       src[is_rep] = 2
@@ -239,7 +241,9 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
   luts_t = tf.constant(luts, tf.uint8)
 
   def fetch(s, i):
-    return (replay_images[i], b"") if s == 1 else (images[i], labels[i])
+    if s == 1:
+      return replay_images[i], (replay_labels[i] if replay_labels is not None else b"")
+    return images[i], labels[i]
 
   def load(s, i, pos, rc):
     image_b, label_b = tf.numpy_function(fetch, [s, i], (tf.string, tf.string), stateful=False)
@@ -247,8 +251,12 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     # A replay image has no mask: label 0 on its pixels, labelled in the train step. A memory image is
     # labelled by the table it was stored with (its row in `luts`, carried in `rc`), the step's own by row 0.
     table = tf.where(s == 2, rc, 0)
-    label = tf.cond(s == 1, lambda: tf.zeros_like(image[..., :1]),
-                    lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
+    if replay_labels is None:
+      label = tf.cond(s == 1, lambda: tf.zeros_like(image[..., :1]),
+                      lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
+    else:  # labelled replay images carry channel ids already
+      label = tf.cond(s == 1, lambda: tf.io.decode_png(label_b, channels=1),
+                      lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
     key = tf.stack([tf.constant(seed * 1000 + task_index, tf.int64), pos])
     image, label = augment(image, label, key, crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min,
                            scale_max=input_cfg.scale_max, flip=input_cfg.flip, ignore_label=ignore_label)
