@@ -1,0 +1,167 @@
+"""The train-step benchmark (incseg_jax/benchmarks/train_step.py) and its torch twin's torch-free parts."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from incseg_jax import sharding
+from incseg_jax.benchmarks import torch_twin
+from incseg_jax.benchmarks import train_step as bench
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+FIELDS = ("train-step benchmark", "setting: shapes 15-1 method=lwf, task step 1 (16 -> 17 channels)",
+          "loss terms: ce x1, lwf x100",
+          "teacher: auto: forward computed (read by lwf)", "build (spec, variables, optimizer state):", "compile:",
+          "persistent cache:", "first step:", "time to first step (build + compile + first step):",
+          "step time: median", "process CPU time median", "images/s:", "FLOPs per step:", "achieved:", "MFU:",
+          "peak device memory:", "input pipeline:", "torch:")
+
+
+def test_runs_on_a_tiny_config_and_prints_every_field(smoke_config, tmp_path, capsys):
+  out_json = tmp_path / "r.json"
+  opts = bench.Options(steps=2, warmup=0, pipeline_batches=2, peak_tflops=0.5, json=str(out_json))
+  results = bench.run(smoke_config("method=lwf"), opts)
+  printed = capsys.readouterr().out
+  for field in FIELDS:
+    assert field in printed, (field, printed)
+  m = results["measured"]
+  assert m["flops"] > 0 and m["memory"]["peak"] > 0 and m["step_s_median"] > 0
+  assert m["mfu"] == pytest.approx(m["flops"] / m["step_s_median"] / 0.5e12)
+  assert "MFU: " in printed and "% of 0.5 TFLOP/s (--peak_tflops)" in printed
+  # The tiny shapes records are built: the real pipeline is timed against the step.
+  assert results["pipeline_images_per_s"] > 0 and "keep" in results["pipeline"]
+  assert "torch: not compared (pass --compare=torch)" in printed
+  assert json.loads(out_json.read_text())["setting"]["terms"][1][0] == "lwf"
+
+
+def test_teacher_modes(smoke_config):
+  mesh = sharding.make_mesh()
+  with pytest.raises(ValueError, match="--teacher=on: no loss term of method 'ft' reads the teacher"):
+    bench.build(smoke_config("method=ft"), "on", mesh)
+  with pytest.raises(ValueError, match="config.task='joint' has one task step"):
+    bench.build(smoke_config("method=joint"), "auto", mesh)
+  off = bench.build(smoke_config("method=lwf"), "off", mesh)
+  assert [t[0] for t in off.terms] == ["ce"] and off.teacher_vars is None
+  assert off.teacher_status == "off (left out: lwf)" and not off.teacher_computed
+
+
+def test_mfu_arithmetic_on_hand_numbers():
+  # 400 TFLOP in 2 s on a 400 TFLOP/s device: half the peak.
+  assert bench.mfu(400e12, 2.0, 400.0) == pytest.approx(0.5)
+  assert bench.mfu(3e12, 0.01, 989.5) == pytest.approx(3e14 / 989.5e12)
+  assert bench.mfu(None, 1.0, 100.0) is None and bench.mfu(1e12, 1.0, None) is None
+  assert bench.resolve_peak(2.5, "", "cpu") == (2.5, "--peak_tflops")
+  assert bench.resolve_peak(0.0, "A100", "cpu")[0] == 312.0
+  assert bench.resolve_peak(0.0, "", "NVIDIA H200")[0] == 989.5
+  value, why = bench.resolve_peak(0.0, "", "cpu")
+  assert value is None and "pass --peak_tflops or --device_kind" in why
+  for kind, key in (("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA A100-SXM4-40GB", "a100"), ("TPU v4", "v4"),
+                    ("TPU v5 lite", "v5e"), ("cpu", None)):
+    assert bench.detect_kind(kind) == key
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("device_kind", "h300", "--device_kind='h300' is not in the peak table; expected one of h100, h200, a100, v4, v5e"),
+    ("steps", 0, "--steps=0: expected a positive integer"),
+    ("warmup", -1, "--warmup=-1: expected a non-negative integer"),
+    ("teacher", "sometimes", "--teacher='sometimes': expected one of auto, on, off"),
+    ("peak_tflops", -1.0, "--peak_tflops=-1.0: expected a positive finite number"),
+    ("peak_tflops", math.nan, "--peak_tflops=nan: expected a positive finite number"),
+    ("compare", "tf", "--compare='tf': expected 'torch' or nothing"),
+    ("torch_python", "/usr/bin/python3", "only used with --compare=torch"),
+    ("threads", -2, "--threads=-2: expected a non-negative integer"),
+    ("pipeline_batches", -1, "--pipeline_batches=-1: expected a non-negative integer"),
+])
+def test_bad_flag_values_are_named(field, value, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    bench.check_options(bench.Options(**{field: value}))
+
+
+def test_both_peaks_are_refused():
+  with pytest.raises(ValueError, match="expected one of them"):
+    bench.check_options(bench.Options(peak_tflops=100.0, device_kind="h100"))
+
+
+def test_command_line_reports_a_bad_flag_in_one_line():
+  out = subprocess.run([sys.executable, "-m", "incseg_jax.benchmarks.train_step",
+                        "--config=configs/shapes.py:runlocal", "--device_kind=h300"],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "error: --device_kind='h300' is not in the peak table" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_torch_absent_is_a_clear_skip(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # find_spec then answers None, as without torch
+  ok, why = bench.torch_importable("")
+  assert not ok and "torch is not importable in this interpreter" in why and "--torch_python=" in why
+  setting = {"platform": "cpu"}
+  result = bench.compare_torch(setting, bench.Options(compare="torch"))
+  assert result == {"skipped": why}
+  ok, why = bench.torch_importable("/nonexistent/bin/python")
+  assert not ok and "--torch_python=/nonexistent/bin/python cannot be run" in why
+  lines = bench.report(_fake_results(torch=result))
+  assert any(line.startswith("torch: skipped: torch is not importable in this interpreter") for line in lines)
+
+
+def test_report_without_memory_or_peak_says_na():
+  lines = bench.report(_fake_results(memory=None, flops=None, mfu=None))
+  assert "peak device memory: n/a (the backend gives no memory_analysis)" in lines
+  assert "MFU: n/a (FLOPs unknown)" in lines and "FLOPs per step: n/a (XLA cost_analysis, per device program)" in lines
+
+
+def test_profile_attributes_convolutions_to_forward_and_backward():
+  def loss(w, x):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jax.nn.relu(y) ** 2)
+
+  args = (jnp.ones((3, 3, 4, 8)), jnp.ones((2, 8, 8, 4)))
+  text = jax.jit(jax.value_and_grad(loss)).lower(*args).compile().as_text()
+  kinds = {(phase, kind) for phase, kind, _ in bench.hlo_ops(text).values()}
+  assert ("backward", "convolution") in kinds and ("student forward + loss", "convolution") in kinds
+
+
+def test_torch_twin_refuses_what_it_cannot_reproduce():
+  base = dict(backbone="resnet50", decoder="deeplab_v3", output_stride=16, aspp_channels=256, atrous_rates=[6, 12, 18],
+              activation="relu", dtype="float32", crop=64, batch=2, classes_per_step=[16, 1],
+              teacher_classes_per_step=[16], teacher_computed=True, terms=[["ce", 1.0, {}], ["lwf", 100.0, {}]],
+              num_old_channels=16, new_channels=[16], ignore_label=255, frozen=[], learning_rate=1e-3, momentum=0.9,
+              nesterov=True, weight_decay=1e-4, steps=1, warmup=0, threads=1, device="cpu")
+  torch_twin.check_setting(base)
+  for change, message in (({"decoder": "deeplab_v2"}, "deeplab_v3 only"),
+                          ({"terms": [["pod", 1.0, {}]]}, "loss term 'pod'"),
+                          ({"terms": [["unbiased_kd", 10.0, {"mask": "new"}]]}, "unbiased_kd.mask='new'"),
+                          ({"frozen": ["backbone"]}, "frozen parameters")):
+    with pytest.raises(ValueError, match=message):
+      torch_twin.check_setting(dict(base, **change))
+
+
+@pytest.mark.skipif(not os.environ.get("INCSEG_TORCH_PYTHON"),
+                    reason="set INCSEG_TORCH_PYTHON to a python with torch to run the twin")
+def test_torch_twin_runs_the_same_setting(smoke_config, capsys):
+  results = bench.run(smoke_config("method=mib"), bench.Options(steps=2, warmup=0, pipeline_batches=0,
+                                                                compare="torch",
+                                                                torch_python=os.environ["INCSEG_TORCH_PYTHON"]))
+  assert results["torch"]["step_s_median"] > 0, results["torch"]
+  assert "ratio ours / torch:" in capsys.readouterr().out
+
+
+def _fake_results(memory="default", flops=1e12, mfu=0.25, torch=None):
+  setting = dict(jax="0", platform="cpu", device_kind="cpu", devices=1, threads=1, dataset="shapes", task="15-1",
+                 method="ft", task_step=1, channels=[16, 17], decoder="deeplab_v3", backbone="resnet_small",
+                 output_stride=8, crop=64, batch=4, dtype="float32", terms=[["ce", 1.0, {}]], teacher="auto",
+                 teacher_status="passed", notes=[])
+  if memory == "default":
+    memory = dict(peak=2**30, argument=2**29, temp=2**29, output=0, alias=0, source="x")
+  measured = dict(build_s=1.0, compile_s=2.0, first_step_s=0.5, time_to_first_step_s=3.5,
+                  cache=dict(dir="", hits=0, misses=1), steps=2, warmup=0, step_s_median=1.0, step_s_min=1.0,
+                  step_s_max=1.0, cpu_s_median=1.0, images_per_s=4.0, nonfinite_steps=0, flops=flops,
+                  achieved_tflops=flops and flops / 1e12, peak_tflops=4.0, peak_source="--peak_tflops", mfu=mfu,
+                  memory=memory)
+  return dict(date="2026-12-02", setting=setting, measured=measured, pipeline="not measured", torch=torch)
