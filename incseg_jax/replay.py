@@ -210,7 +210,7 @@ LABELS_DIR = "replay_labels"
 
 
 def label_images(forward, images: np.ndarray, channels: np.ndarray, *, mode: str, input_cfg,
-                 bucket: int = 32) -> list[bytes]:
+                 bucket: int = 32, chunk: int = 64) -> list[bytes]:
   """PNG-encoded labels of replay images, from one model's eval-mode logits (`label_replay`'s rule).
 
   Args:
@@ -221,27 +221,33 @@ def label_images(forward, images: np.ndarray, channels: np.ndarray, *, mode: str
     input_cfg: `config.input` (normalisation).
     bucket: images are padded to a multiple of this (few compiled shapes); the
       padding is masked out of the model's image pooling and cut off again.
+    chunk: images per forward call (images of one padded shape).
 
   Returns:
-    One PNG (uint8 channel ids, at the image's own size) per image.
+    One PNG (uint8 channel ids, at the image's own size) per image, in order.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   mean, std = np.asarray(input_cfg.mean, np.float32), np.asarray(input_cfg.std, np.float32)
-  out = []
-  for data, channel in zip(images, channels):
-    img = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    h, w = img.shape[:2]
-    ph, pw = -(-h // bucket) * bucket, -(-w // bucket) * bucket
-    x = np.zeros((1, ph, pw, 3), np.float32)
-    x[0, :h, :w] = (img.astype(np.float32) / 255.0 - mean) / std
-    valid = np.zeros((1, ph, pw), bool)
-    valid[0, :h, :w] = True
-    logits = forward(x, valid)
-    labels = label_replay(logits, jnp.zeros((1, ph, pw), jnp.int32), jnp.asarray([channel], jnp.int32), mode=mode,
-                          ignore_label=255)
-    label = np.asarray(labels)[0, :h, :w].astype(np.uint8)
-    out.append(tf.io.encode_png(label[..., None]).numpy())
+  decoded = [tf.io.decode_image(data, channels=3, expand_animations=False).numpy() for data in images]
+  padded = [(-(-im.shape[0] // bucket) * bucket, -(-im.shape[1] // bucket) * bucket) for im in decoded]
+  out: list[bytes | None] = [None] * len(decoded)
+  for shape in sorted(set(padded)):
+    members = [i for i, p in enumerate(padded) if p == shape]
+    for start in range(0, len(members), chunk):
+      part = members[start:start + chunk]
+      x = np.zeros((len(part),) + shape + (3,), np.float32)
+      valid = np.zeros((len(part),) + shape, bool)
+      for j, i in enumerate(part):
+        h, w = decoded[i].shape[:2]
+        x[j, :h, :w] = (decoded[i].astype(np.float32) / 255.0 - mean) / std
+        valid[j, :h, :w] = True
+      labels = np.asarray(label_replay(forward(x, valid), jnp.zeros(valid.shape, jnp.int32),
+                                       jnp.asarray(np.asarray(channels)[part], jnp.int32), mode=mode,
+                                       ignore_label=255))
+      for j, i in enumerate(part):
+        h, w = decoded[i].shape[:2]
+        out[i] = tf.io.encode_png(labels[j, :h, :w].astype(np.uint8)[..., None]).numpy()
   return out
 
 
