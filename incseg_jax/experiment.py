@@ -37,12 +37,16 @@ class StepSpec:
     info: the static facts the loss terms see (`losses.TaskInfo`).
     model: the model definition after this step (one head per step so far).
     teacher_model: the previous step's model definition (None at step 0).
+    train_model: the model definition this step trains: the method's
+      `TrainVariant` of `model` (RCIL's two-branch convs), else `model`
+      itself. Its variables are merged back into `model`'s when the step's
+      training ends.
     indices: training example indices of this step (after the setting's filter).
     num_train_steps: length of the step's schedule in train steps.
     learning_rate: the schedule's starting learning rate.
-    frozen: parameter-path prefixes that receive no update in this step (the
-      method's and `config.freeze` after step 0; every BatchNorm with
-      `model.bn_frozen`).
+    frozen: parameter-path prefixes of `train_model` that receive no update in
+      this step (the method's, its train variant's and `config.freeze` after
+      step 0; every BatchNorm with `model.bn_frozen`).
     terms: (name, weight, options) of the loss terms this step trains with.
     states: (term name, `losses.state.StateRule`, options) of the terms that
       carry state: every stateful term of `config.losses` with a nonzero
@@ -53,6 +57,7 @@ class StepSpec:
   info: losses_lib.TaskInfo
   model: models.SegModel
   teacher_model: models.SegModel | None
+  train_model: models.SegModel
   indices: np.ndarray
   num_train_steps: int
   learning_rate: float
@@ -97,13 +102,22 @@ class Experiment:
     cfg = self.config
     step = self.plan.steps[k]
     model = self.model(k)
+    variant = self.method.train_variant
+    train_model = variant.model(model, k) if variant is not None else model
     frozen = methods.frozen_prefixes(self.method, cfg, k) if k > 0 else ()
+    shapes = None
+    if cfg.model.bn_frozen or (variant is not None and k > 0):
+      shapes = models.abstract_variables(train_model, cfg.input.crop_size)
+    if variant is not None and k > 0:
+      frozen += variant.frozen(shapes)
     if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
-      frozen += models.batchnorm_prefixes(models.abstract_variables(model, cfg.input.crop_size))
+      frozen += models.batchnorm_prefixes(shapes)
+    frozen = tuple(dict.fromkeys(frozen))
     info = losses_lib.TaskInfo(index=k, num_channels=step.num_channels, old_channels=step.old_channels,
                                new_channels=step.new_channels, ignore_label=self.plan.ignore_label)
     return StepSpec(index=k, task=step, info=info, model=model,
-                    teacher_model=self.model(k - 1) if k > 0 else None, indices=self.step_indices[k],
+                    teacher_model=self.model(k - 1) if k > 0 else None, train_model=train_model,
+                    indices=self.step_indices[k],
                     num_train_steps=self._num_train_steps(k),
                     learning_rate=cfg.schedule.base_lr if k == 0 else cfg.schedule.inc_lr, frozen=frozen,
                     terms=tuple(methods.active_terms(cfg, k)), states=tuple(methods.state_terms(cfg)))

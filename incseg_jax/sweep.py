@@ -180,8 +180,9 @@ def step0_difference(config: ml_collections.ConfigDict, base: ml_collections.Con
   (`methods.active_terms(config, 0)`). Terms with other names still count as
   the same when they compute the same loss (`same_step0_loss`), as PLOP's
   `plop_ce` and MiB's `unbiased_ce` do without a previous model. A method
-  whose terms carry state (EWC's Fisher) accumulates it from step 0, so it
-  trains its own.
+  whose terms carry state (EWC's Fisher) accumulates it from step 0, and one
+  that trains a variant of the model (RCIL's two branches), so each trains
+  its own.
   """
   method, base_method = methods_lib.get(config.method), methods_lib.get(base.method)
   if method.joint:
@@ -199,6 +200,8 @@ def step0_difference(config: ml_collections.ConfigDict, base: ml_collections.Con
   states = [name for name, _, _ in methods_lib.state_terms(config)]
   if states != [name for name, _, _ in methods_lib.state_terms(base)]:
     reasons.append(f"accumulates the state of {', '.join(states) or 'no term'} from step 0")
+  if method.train_variant is not None and method.train_variant is not base_method.train_variant:
+    reasons.append("trains another model at step 0 (its two-branch variant, merged at the end of the step)")
   return "; ".join(reasons) or None
 
 

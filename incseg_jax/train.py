@@ -171,7 +171,7 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
 
   start = 0
   if resuming:
-    state = ckpt.restore_latest_intact(checkpointing.abstract_like(state))
+    state = _restore_for_resume(exp, spec, ckpt, state, mesh)
     start = int(state.step)
     print(f"task step {k}: resuming at train step {start}/{num_steps} (checkpoint in {ckpt.directory})", flush=True)
 
@@ -203,14 +203,22 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     if exp.replay_for(spec) is not None:
       replay = {"label": cfg.replay.label, "mix_labels": bool(cfg.replay.mix_labels),
                 "prelabelled": cfg.replay.get("labeller", "previous") == "learned"}
-    step_fn = ts.make_train_step(spec.model, spec.teacher_model, spec.terms, spec.info, tx, schedule, spec.frozen,
-                                 spec.states, replay=replay)
+    step_fn = ts.make_train_step(spec.train_model, spec.teacher_model, spec.terms, spec.info, tx, schedule,
+                                 spec.frozen, spec.states, replay=replay)
     extras = None
     if exp.method.prepare is not None and k > 0:
       extras = sharding.put_replicated(_prepare(exp, spec, teacher_vars, mesh), mesh)
     state = _train_loop(exp, spec, state, teacher_vars, extras, ckpt, start, writer, global_offset, step_fn,
                         base_key, mesh, hooks)
   if ckpt.latest_step() != num_steps:
+    if exp.method.train_variant is not None:
+      # The step's final checkpoint is the merged (plain) model: the evaluation,
+      # the next teacher and `init_from` never see the variant, and a resume
+      # after this save restores it as it is (`_restore_for_resume`).
+      merged = exp.method.train_variant.merge(
+          jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+      state = state.replace(params=sharding.put_replicated(merged["params"], mesh),
+                            batch_stats=sharding.put_replicated(merged["batch_stats"], mesh))
     if exp.method.fuse is not None and k > 0:
       # The step's final checkpoint is the fused model (EWF), so a resume after
       # this save restores it as it is and never fuses twice.
@@ -222,6 +230,27 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
   ckpt.close()
   return ({"params": state.params, "batch_stats": state.batch_stats}, int(jax.device_get(state.skipped)),
           _host_states(state))
+
+
+def _restore_for_resume(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec,
+                        ckpt: checkpointing.TaskCheckpointer, state: ts.TrainState, mesh) -> ts.TrainState:
+  """The state a resumed step continues from: its latest intact checkpoint, restored into `state`'s shardings.
+
+  With a method's `TrainVariant` the step's final checkpoint holds the merged
+  (plain) model beside the trained model's optimizer state, so it is restored
+  with the plain model's shapes; the periodic ones hold the trained model. A
+  damaged final checkpoint falls back to the latest intact periodic one.
+  """
+  abstract = checkpointing.abstract_like(state)
+  if exp.method.train_variant is not None and ckpt.latest_step() == spec.num_train_steps:
+    plain = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+                         models.abstract_variables(spec.model, exp.config.input.crop_size))
+    try:
+      return ckpt.restore_state(abstract.replace(params=plain["params"], batch_stats=plain["batch_stats"]),
+                                spec.num_train_steps)
+    except checkpointing.ChecksumError:
+      pass  # restore_latest_intact sets it aside and takes the latest intact one before it
+  return ckpt.restore_latest_intact(abstract)
 
 
 def prepare_replay_labels(exp: experiment_lib.Experiment, k: int, workdir: str, teacher_vars, mesh) -> None:
@@ -282,17 +311,26 @@ def _host_states(state: ts.TrainState) -> Any:
 
 def init_student(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, teacher_vars, key,
                  load_pretrained: bool = True) -> dict[str, Any]:
-  """Fresh variables at step 0 (backbone from `config.pretrained` if set); later, the teacher's plus a new head."""
+  """The student's starting variables, `spec.train_model`'s.
+
+  Fresh variables at step 0 (backbone from `config.pretrained` if set); later,
+  the teacher's plus a new head (and the method's head init). With a method's
+  `TrainVariant` (RCIL) these plain variables are then expanded to the trained
+  model's.
+  """
   cfg = exp.config
   if teacher_vars is None:
     variables = models.init_variables(spec.model, key, cfg.input.crop_size)
     if load_pretrained and cfg.get("pretrained"):
       variables = pretrained.load_into(variables, cfg.pretrained, cfg.model, cfg.dataset.data_dir or None)
       logging.info("step 0: backbone initialised from %s", cfg.pretrained)
-    return variables
-  variables = models.add_head(spec.model, jax.device_get(teacher_vars), key, cfg.input.crop_size)
-  if exp.method.head_init is not None:
-    variables = exp.method.head_init(teacher_vars, variables, spec.task)
+  else:
+    variables = models.add_head(spec.model, jax.device_get(teacher_vars), key, cfg.input.crop_size)
+    if exp.method.head_init is not None:
+      variables = exp.method.head_init(teacher_vars, variables, spec.task)
+  if exp.method.train_variant is not None:
+    variables = exp.method.train_variant.expand(
+        variables, models.abstract_variables(spec.train_model, cfg.input.crop_size))
   return variables
 
 

@@ -67,22 +67,34 @@ from ml_collections import config_flags
 
 from incseg_jax import runtime
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after the first one.")
-_TEACHER = flags.DEFINE_string(
-    "teacher", "auto", "auto: as training (the step's teacher, whose forward XLA drops when no term reads it); "
-    "on: require a term that reads the teacher; off: no teacher, its terms left out.")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: from --device_kind).")
-_KIND = flags.DEFINE_string("device_kind", "", "Device of the peak table: h100|h200|a100|v4|v5e ('': detected from "
-                            "the device, if known).")
-_COMPARE = flags.DEFINE_string("compare", "", "'torch': also time the same step in plain PyTorch.")
-_TORCH_PY = flags.DEFINE_string("torch_python", "", "Python interpreter with torch for --compare=torch "
-                                "('': this one).")
-_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for the computation (XLA, torch) and tf.data (0: default).")
-_PIPELINE = flags.DEFINE_integer("pipeline_batches", 20, "Batches timed of the real input pipeline (0: skip).")
-_JSON = flags.DEFINE_string("json", "", "Also write the results as JSON to this file.")
-_PROFILE = flags.DEFINE_string("profile", "", "Write a profiler trace of a few steps here and print the op breakdown.")
+def _define_flags() -> dict[str, Any]:
+  """The command's flags (defined only when run as a program: importing this module, e.g. from the tests
+  next to other commands, must not define `--config` or `--json` a second time)."""
+  return {
+      "config": config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True),
+      "steps": flags.DEFINE_integer("steps", 10, "Timed train steps."),
+      "warmup": flags.DEFINE_integer("warmup", 2, "Untimed steps after the first one."),
+      "teacher": flags.DEFINE_string(
+          "teacher", "auto", "auto: as training (the step's teacher, whose forward XLA drops when no term reads "
+          "it); on: require a term that reads the teacher; off: no teacher, its terms left out."),
+      "peak_tflops": flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device for MFU (0: from --device_kind)."),
+      "device_kind": flags.DEFINE_string("device_kind", "", "Device of the peak table: h100|h200|a100|v4|v5e ('': "
+                                         "detected from the device, if known)."),
+      "compare": flags.DEFINE_string("compare", "", "'torch': also time the same step in plain PyTorch."),
+      "torch_python": flags.DEFINE_string("torch_python", "", "Python interpreter with torch for --compare=torch "
+                                          "('': this one)."),
+      "threads": flags.DEFINE_integer("threads", 0, "CPU threads for the computation (XLA, torch) and tf.data (0: "
+                                      "default)."),
+      "pipeline_batches": flags.DEFINE_integer("pipeline_batches", 20, "Batches timed of the real input pipeline "
+                                               "(0: skip)."),
+      "json": flags.DEFINE_string("json", "", "Also write the results as JSON to this file."),
+      "profile": flags.DEFINE_string("profile", "", "Write a profiler trace of a few steps here and print the op "
+                                     "breakdown."),
+  }
+
+
+_FLAGS: dict[str, Any] = {}
+
 
 # Dense bf16 peak per chip, TFLOP/s, from the vendors' published figures.
 PEAK_TFLOPS = {
@@ -302,7 +314,9 @@ def build(cfg, teacher_mode: str, mesh) -> Bench:
                         opt_state=tx.init(variables["params"]), skipped=np.int32(0), method_state=method_state)
   state = sharding.put_replicated(state, mesh)
   teacher_vars = sharding.put_replicated(teacher_host, mesh) if teacher_model is not None else None
-  step_fn = ts.make_train_step(spec.model, teacher_model, terms, spec.info, tx, schedule, spec.frozen, spec.states)
+  # The model training runs: the method's variant where it has one (RCIL's two branches).
+  step_fn = ts.make_train_step(spec.train_model, teacher_model, terms, spec.info, tx, schedule, spec.frozen,
+                               spec.states)
   host_batches = synthetic_batches(spec, cfg, 2)
   batches = [sharding.put_batch(b, mesh) for b in host_batches]
   extras = None
@@ -837,20 +851,22 @@ def thread_flags(threads: int) -> str:
 
 
 def main(argv):
+  f = {name: holder.value for name, holder in _FLAGS.items()}
   with runtime.clear_errors():
-    opts = Options(steps=_STEPS.value, warmup=_WARMUP.value, teacher=_TEACHER.value, peak_tflops=_PEAK.value,
-                   device_kind=_KIND.value, compare=_COMPARE.value, torch_python=_TORCH_PY.value,
-                   threads=_THREADS.value, pipeline_batches=_PIPELINE.value, json=_JSON.value,
-                   profile=_PROFILE.value)
+    opts = Options(steps=f["steps"], warmup=f["warmup"], teacher=f["teacher"], peak_tflops=f["peak_tflops"],
+                   device_kind=f["device_kind"], compare=f["compare"], torch_python=f["torch_python"],
+                   threads=f["threads"], pipeline_batches=f["pipeline_batches"], json=f["json"],
+                   profile=f["profile"])
     check_options(opts)  # before TensorFlow and the backend load
-    if _CONFIG.value is None:
+    if f["config"] is None:
       raise ValueError("--config is required, e.g. --config=configs/voc.py:task=15-1,method=lwf")
     extra = thread_flags(opts.threads)
     if extra:  # read when the backend starts, i.e. at the first device query below
       os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
     runtime.setup_command(argv)
-    run(_CONFIG.value, opts)
+    run(f["config"], opts)
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   app.run(main, flags_parser=runtime.parse_flags)

@@ -176,4 +176,4 @@ def state_rule(name: str) -> Any:
 
 
 # Importing the families registers their terms.
-from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, regularizers, sdr  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, rcil, regularizers, sdr  # noqa: E402,F401  pylint: disable=g-import-not-at-top

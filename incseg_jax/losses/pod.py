@@ -116,19 +116,29 @@ def _per_image_norm(d: jax.Array, squared: bool) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def _layer_maps(inputs: losses.LossInputs, layer: str) -> tuple[jax.Array, jax.Array]:
-  """(student, teacher) maps of one named layer, logits folded to the teacher's channels."""
+def layer_maps(inputs: losses.LossInputs, layer: str, term: str = "pod",
+               stages: str = "stages_pre") -> tuple[jax.Array, jax.Array]:
+  """(student, teacher) (B, h, w, C) maps of one named layer (see LAYERS), logits folded to the teacher's channels.
+
+  Args:
+    inputs: the step's LossInputs.
+    layer: one of LAYERS.
+    term: the loss term asking (for messages).
+    stages: which stage outputs: "stages_pre" (before the block's last
+      activation, PLOP's POD) or "stages" (after it, RCIL's, whose code
+      activates in place).
+  """
   student, teacher = inputs.student, inputs.teacher
-  if layer.startswith("stage"):
+  if layer.startswith("stage") and layer[len("stage"):].isdigit():
     index = int(layer[len("stage"):]) - 1
-    if not 0 <= index < len(student["stages_pre"]):
-      raise ValueError(f"pod: layer {layer!r}: the model has {len(student['stages_pre'])} stages")
-    return student["stages_pre"][index], teacher["stages_pre"][index]
+    if not 0 <= index < len(student[stages]):
+      raise ValueError(f"{term}: layer {layer!r}: the model has {len(student[stages])} stages")
+    return student[stages][index], teacher[stages][index]
   if layer == "aspp":
     return student["pre_logits"], teacher["pre_logits"]
   if layer == "logits":
     return fold_extra_logits(student["logits_os"], inputs.task.num_old_channels), teacher["logits_os"]
-  raise ValueError(f"pod: unknown layer {layer!r}; expected some of {LAYERS}")
+  raise ValueError(f"{term}: unknown layer {layer!r}; expected some of {LAYERS}")
 
 
 @losses.register("pod", needs_teacher=True)
@@ -159,7 +169,7 @@ def local_pod(inputs: losses.LossInputs, scales: Sequence[int] = (1, 2, 4), logi
     raise ValueError("pod: `layers` is empty")
   total = 0.0
   for i, layer in enumerate(layers):
-    student, teacher = _layer_maps(inputs, layer)
+    student, teacher = layer_maps(inputs, layer)
     diff = local_pod_embedding(student, scales) - local_pod_embedding(teacher, scales)
     small = i == len(layers) - 1 if logits_weight_on_last else layer == "logits"
     weight = logits_weight if small else 1.0

@@ -44,6 +44,31 @@ Prepare = Callable[[PrepareContext], Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainVariant:
+  """The model a method trains in place of the step's model, and the maps between their variables.
+
+  RCIL trains every converted conv as two parallel branches and merges them
+  when the step's training ends. The step's model (`StepSpec.model`) stays the
+  plain one: the step's final checkpoint, its evaluation, the next teacher
+  and `init_from` only ever see plain variables; only the training (and its
+  periodic checkpoints) sees the variant (`StepSpec.train_model`).
+
+  Attributes:
+    model: (the step's model, task index) -> the model trained at that step.
+    expand: (the step's starting variables, the trained model's abstract
+      variables) -> the trained model's starting variables.
+    merge: the trained model's variables -> the step's (plain) variables,
+      applied when the step's training ends (before `Method.fuse`).
+    frozen: the trained model's abstract variables -> the parameter prefixes
+      it freezes at steps > 0.
+  """
+  model: Callable[[Any, int], Any]
+  expand: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
+  merge: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+  frozen: Callable[[Mapping[str, Any]], tuple[str, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """A training recipe for incremental steps.
 
@@ -66,6 +91,9 @@ class Method:
       variables` (EWF's weight fusion; options: `config.ewf`); its result is
       the step's final checkpoint, evaluated and the next teacher.
     freeze_old_heads: the heads of earlier steps get no update at steps > 0.
+    train_variant: optional `TrainVariant`: the model trained at every step in
+      place of the step's model (RCIL's two-branch convs), merged back when the
+      step's training ends.
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
       classes are labelled in evaluation at intermediate steps.
@@ -87,6 +115,7 @@ class Method:
   replay: bool = False
   fuse: Callable[..., Mapping[str, Any]] | None = None
   freeze_old_heads: bool = False
+  train_variant: TrainVariant | None = None
   void_as_background: bool = False
   unseen_eval: str = "ignore"
   doc: str = ""
@@ -156,7 +185,8 @@ def get(name: str) -> Method:
   brings its own classification term, e.g. `mib+ewc` trains with MiB's
   unbiased CE), of their options and paper options (a term's
   options given by two parts must be equal), of the frozen prefixes, and at
-  most one head initialisation and one label convention.
+  most one head initialisation, one label convention and one train variant
+  (which merges before another part's `fuse`, e.g. `rcil+ewf`).
 
   Raises:
     ValueError: unknown name (the message lists the known ones) or parts that
@@ -187,6 +217,9 @@ def get(name: str) -> Method:
   fuses = {m.fuse for m in ms if m.fuse is not None}
   if len(fuses) > 1:
     raise ValueError(f"method {name!r}: more than one part fuses weights after a step")
+  variants = {m.train_variant for m in ms if m.train_variant is not None}
+  if len(variants) > 1:
+    raise ValueError(f"method {name!r}: more than one part trains a model variant")
   prepares = {m.prepare for m in ms if m.prepare is not None}
   if len(prepares) > 1:
     raise ValueError(f"method {name!r}: more than one part has a prepare hook")
@@ -203,6 +236,7 @@ def get(name: str) -> Method:
                 head_init=head_inits.pop() if head_inits else None,
                 prepare=prepares.pop() if prepares else None, replay=any(m.replay for m in ms),
                 fuse=fuses.pop() if fuses else None, freeze_old_heads=any(m.freeze_old_heads for m in ms),
+                train_variant=variants.pop() if variants else None,
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
@@ -275,4 +309,4 @@ def frozen_prefixes(method: Method, config: ml_collections.ConfigDict, task_inde
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ewf, ilt, mib, plop, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ewf, ilt, mib, plop, rcil, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from incseg_jax.models.resnet import KAIMING_NORMAL, activation_fn, batch_norm, conv
+from incseg_jax.models.resnet import KAIMING_NORMAL, activation_fn, batch_norm, conv, conv_bn
 
 
 class ASPPv3(nn.Module):
@@ -34,6 +34,8 @@ class ASPPv3(nn.Module):
     dtype: computation dtype.
     activation: the nonlinearity after every BN ('relu'; 'leaky_relu' as
       MiB's in-place-ABN head, used with the in-place-ABN backbone).
+    rc_branches: None, or RCIL's `models.rcil.Branches`: the 1x1 and atrous
+      branches get a twin each, as the RCIL code's `map_convs_new`.
   """
 
   channels: int = 256
@@ -42,6 +44,7 @@ class ASPPv3(nn.Module):
   bn_frozen: bool = False
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool, valid=None):
@@ -59,11 +62,11 @@ class ASPPv3(nn.Module):
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
     act = activation_fn(self.activation)
-    branches = [act(bn('bn_1x1')(conv(self.channels, 1, name='conv_1x1',
-                                      **kw)(x)))]
+    cbn = dict(train=train, bn_frozen=self.bn_frozen, rc_branches=self.rc_branches, **kw)
+    branches = [act(conv_bn(self, x, self.channels, 1, conv_name='conv_1x1', bn_name='bn_1x1', **cbn))]
     for i, rate in enumerate(self.rates):
-      y = conv(self.channels, 3, dilation=rate, name=f'conv_atrous{i}', **kw)(x)
-      branches.append(act(bn(f'bn_atrous{i}')(y)))
+      branches.append(act(conv_bn(self, x, self.channels, 3, dilation=rate, conv_name=f'conv_atrous{i}',
+                                  bn_name=f'bn_atrous{i}', **cbn)))
     pooled = _image_mean(x, valid)
     pooled = conv(self.channels, 1, name='conv_pool', **kw)(pooled)
     pooled = act(bn('bn_pool')(pooled))

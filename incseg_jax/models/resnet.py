@@ -20,6 +20,10 @@ keeps the previous dilation in the first block of the stage).
 by the residual add, and after the add: 'relu' (torchvision) or 'leaky_relu'
 (negative slope 0.01, what in-place-ABN's ImageNet ResNets, and hence
 MiB/PLOP/UCD, use in those same places).
+
+`rc_branches` (RCIL, incseg_jax/models/rcil.py) gives every 3x3 conv of the
+residual blocks (and its BatchNorm) a parallel twin `<name>_new`, mixed per
+channel before the activation / residual add; the plain names are kept.
 """
 
 import functools
@@ -38,6 +42,9 @@ _STAGE_LAYOUT = {
     8: ((1, 2, 1, 1), (1, 1, 2, 4)),
 }
 OUTPUT_STRIDES = tuple(sorted(_STAGE_LAYOUT))
+
+# The epsilon of every BatchNorm (PyTorch's default); RCIL's merge folds it into the convs.
+BN_EPSILON = 1e-5
 
 # in-place-ABN's default (activation_param=0.01), used by MiB/PLOP/UCD.
 LEAKY_RELU_SLOPE = 0.01
@@ -78,8 +85,28 @@ def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
   optimizer's job, not the module's).
   """
   return nn.BatchNorm(
-      use_running_average=(not train) or bn_frozen, momentum=0.9, epsilon=1e-5,
+      use_running_average=(not train) or bn_frozen, momentum=0.9, epsilon=BN_EPSILON,
       use_fast_variance=False, dtype=dtype, name=name)
+
+
+def conv_bn(parent, x, features, kernel, stride=1, dilation=1, *, conv_name, bn_name, train, bn_frozen,
+            dtype=jnp.float32, rc_branches=None):
+  """conv `conv_name` then BatchNorm `bn_name`, inside `parent`'s compact method.
+
+  With `rc_branches` (a `models.rcil.Branches`): RCIL's two parallel
+  conv + BatchNorm branches, the plain-named one and its twin
+  `<name>_new`, mixed per channel (training draws from `parent`'s 'dropout'
+  rng); the plain-named BatchNorm uses running statistics when that branch is
+  frozen (`freeze_first`).
+  """
+  def branch(suffix, frozen):
+    y = conv(features, kernel, stride, dilation, name=conv_name + suffix, dtype=dtype)(x)
+    return batch_norm(train, bn_frozen or frozen, name=bn_name + suffix, dtype=dtype)(y)
+  if rc_branches is None:
+    return branch('', False)
+  first = branch('', rc_branches.freeze_first)
+  second = branch(rc_branches.suffix, False)
+  return rc_branches.mix(first, second, parent.make_rng('dropout') if train else None)
 
 
 class BasicBlock(nn.Module):
@@ -91,6 +118,7 @@ class BasicBlock(nn.Module):
   bn_frozen: bool = False
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None  # RCIL's twin branches of both 3x3 convs (models/rcil.py)
   expansion = 1
 
   @nn.compact
@@ -98,12 +126,11 @@ class BasicBlock(nn.Module):
     """Returns `(act(out), out)`; PLOP distils the pre-activation `out`."""
     kw = dict(dtype=self.dtype)
     bn = lambda name: batch_norm(train, self.bn_frozen, name=name, **kw)
+    cbn = dict(train=train, bn_frozen=self.bn_frozen, rc_branches=self.rc_branches, **kw)
     act = activation_fn(self.activation)
     s, d = self.stride, self.dilation
-    y = conv(self.features, 3, s, d, name='conv1', **kw)(x)
-    y = act(bn('bn1')(y))
-    y = conv(self.features, 3, 1, self.dilation, name='conv2', **kw)(y)
-    y = bn('bn2')(y)
+    y = act(conv_bn(self, x, self.features, 3, s, d, conv_name='conv1', bn_name='bn1', **cbn))
+    y = conv_bn(self, y, self.features, 3, 1, self.dilation, conv_name='conv2', bn_name='bn2', **cbn)
     shortcut = _shortcut(x, self.features, self.stride, bn, self.dtype)
     pre = y + shortcut
     return act(pre), pre
@@ -118,6 +145,7 @@ class Bottleneck(nn.Module):
   bn_frozen: bool = False
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None  # RCIL's twin branch of the 3x3 conv (models/rcil.py)
   expansion = 4
 
   @nn.compact
@@ -130,8 +158,8 @@ class Bottleneck(nn.Module):
     y = conv(self.features, 1, name='conv1', **kw)(x)
     y = act(bn('bn1')(y))
     s, d = self.stride, self.dilation
-    y = conv(self.features, 3, s, d, name='conv2', **kw)(y)
-    y = act(bn('bn2')(y))
+    y = act(conv_bn(self, y, self.features, 3, s, d, conv_name='conv2', bn_name='bn2', train=train,
+                    bn_frozen=self.bn_frozen, rc_branches=self.rc_branches, **kw))
     y = conv(out_features, 1, name='conv3', **kw)(y)
     y = bn('bn3')(y)
     shortcut = _shortcut(x, out_features, self.stride, bn, self.dtype)
@@ -182,6 +210,7 @@ class Stage(nn.Module):
   bn_frozen: bool = False
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None
 
   @nn.compact
   def __call__(self, x, train):
@@ -191,7 +220,7 @@ class Stage(nn.Module):
       x, pre = _BLOCKS[self.block](
           self.features, stride=self.stride if i == 0 else 1,
           dilation=self.dilation, bn_frozen=self.bn_frozen, dtype=self.dtype,
-          activation=self.activation, name=f'block{i}')(x, train)
+          activation=self.activation, rc_branches=self.rc_branches, name=f'block{i}')(x, train)
     return x, pre
 
 
@@ -208,6 +237,7 @@ class ResNet(nn.Module):
       statistics.
     dtype: computation dtype (params stay float32).
     activation: 'relu' or 'leaky_relu' (slope 0.01), see module doc.
+    rc_branches: None, or RCIL's `models.rcil.Branches` (see module doc).
   """
 
   block: str = 'bottleneck'
@@ -218,6 +248,7 @@ class ResNet(nn.Module):
   bn_frozen: bool = False
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -245,7 +276,7 @@ class ResNet(nn.Module):
     for i in range(4):
       x, pre = Stage(self.block, self.stage_sizes[i], self.width * 2**i,
                      strides[i], dilations[i], self.bn_frozen, self.dtype,
-                     self.activation, name=f'stage{i + 1}')(x, train)
+                     self.activation, rc_branches=self.rc_branches, name=f'stage{i + 1}')(x, train)
       stages.append(x)
       stages_pre.append(pre)
     return {'stages': tuple(stages), 'stages_pre': tuple(stages_pre),

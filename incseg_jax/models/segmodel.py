@@ -50,6 +50,10 @@ class SegModel(nn.Module):
     activation: nonlinearity of the backbone and the v3 ASPP, 'relu' or
       'leaky_relu' (slope 0.01: in-place-ABN ImageNet weights were trained with
       it, and MiB's head uses it too).
+    rc_branches: None (the plain model), or RCIL's `models.rcil.Branches`:
+      the model a `rcil` step trains, with a twin beside every 3x3 conv of the
+      residual blocks and every 1x1 / atrous branch of the v3 ASPP (never set
+      from the config: `models.rcil.two_branch_model`).
   """
 
   backbone: str = 'resnet101'
@@ -64,6 +68,7 @@ class SegModel(nn.Module):
   aspp_dropout: float = 0.0
   dtype: Any = jnp.float32
   activation: str = 'relu'
+  rc_branches: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool, valid=None):
@@ -85,7 +90,7 @@ class SegModel(nn.Module):
     """
     _validate(self.backbone, self.decoder, self.output_stride, self.activation)
     kw = dict(output_stride=self.output_stride, bn_frozen=self.bn_frozen,
-              dtype=self.dtype, activation=self.activation, name='backbone')
+              dtype=self.dtype, activation=self.activation, rc_branches=self.rc_branches, name='backbone')
     if self.backbone == 'resnet_small':
       kw.update(width=self.small_width, blocks=tuple(self.small_blocks))
     out = dict(BACKBONES[self.backbone](**kw)(x, train))
@@ -95,7 +100,7 @@ class SegModel(nn.Module):
       rates = default_atrous_rates(self.decoder, self.output_stride)
     if self.decoder == 'deeplab_v3':
       dec = ASPPv3(self.aspp_channels, tuple(rates), self.aspp_dropout,
-                   self.bn_frozen, self.dtype, self.activation, name='decoder')
+                   self.bn_frozen, self.dtype, self.activation, rc_branches=self.rc_branches, name='decoder')
     else:
       dec = ASPPv2(self.aspp_channels, tuple(rates), self.dtype, name='decoder')
     if self.decoder == 'deeplab_v3':
