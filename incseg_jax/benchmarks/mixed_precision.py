@@ -28,14 +28,18 @@ from absl import flags
 from incseg_jax import methods
 from incseg_jax import runtime
 
-_METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: every registered method but joint).")
-_TASK = flags.DEFINE_string("task", "15-5", "Scenario of the shapes runs.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Low-precision computation dtype.")
-_COMPARE = flags.DEFINE_bool("compare", False, "Also run each method in float32.")
-_FULL = flags.DEFINE_bool("full", False, "The real shapes protocol instead of runlocal.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/incseg_mixed_precision", "Where the runs go.")
-_REPLAY = flags.DEFINE_string("replay_dir", "", "Replay folder for methods that need one (recall); "
-                              "empty: such methods are left out.")
+
+
+def _define_flags() -> None:
+  """The command's flags, defined only when run as a program (importing the module defines none)."""
+  flags.DEFINE_list("methods", None, "Methods to run (default: every registered method but joint).")
+  flags.DEFINE_string("task", "15-5", "Scenario of the shapes runs.")
+  flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float16"], "Low-precision computation dtype.")
+  flags.DEFINE_bool("compare", False, "Also run each method in float32.")
+  flags.DEFINE_bool("full", False, "The real shapes protocol instead of runlocal.")
+  flags.DEFINE_string("workdir", "/tmp/incseg_mixed_precision", "Where the runs go.")
+  flags.DEFINE_string("replay_dir", "", "Replay folder for methods that need one (recall); empty: such methods "
+                      "are left out.")
 
 _ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -67,26 +71,28 @@ def run_one(method: str, dtype: str, task: str, full: bool, workdir: str, replay
 
 def main(argv):
   runtime.setup_command(argv)
-  names = _METHODS.value or [m for m in methods.names() if not methods.get(m).joint]
-  names = [m for m in names if _REPLAY.value or not methods.get(m).replay]
+  f = flags.FLAGS
+  names = f.methods or [m for m in methods.names() if not methods.get(m).joint]
+  names = [m for m in names if f.replay_dir or not methods.get(m).replay]
   rows, bad = [], []
   for m in names:
-    low = run_one(m, _DTYPE.value, _TASK.value, _FULL.value, _WORKDIR.value, _REPLAY.value)
-    ref = run_one(m, "float32", _TASK.value, _FULL.value, _WORKDIR.value, _REPLAY.value) if _COMPARE.value else None
+    low = run_one(m, f.dtype, f.task, f.full, f.workdir, f.replay_dir)
+    ref = run_one(m, "float32", f.task, f.full, f.workdir, f.replay_dir) if f.compare else None
     if "error" in low or low["skipped"]:
       bad.append(m)
     rows.append((m, low, ref))
     print(f"{m}: {low}" + (f" | float32 {ref}" if ref else ""), flush=True)
   fmt = lambda r: "-" if r is None else (f"error: {r['error'][:60]}" if "error" in r else f"{100 * r['miou']:.1f}")
-  print(f"\n| method | {_DTYPE.value}: non-finite batches | mIoU {_DTYPE.value} | mIoU float32 | seconds |")
+  print(f"\n| method | {f.dtype}: non-finite batches | mIoU {f.dtype} | mIoU float32 | seconds |")
   print("|---|---|---|---|---|")
   for m, low, ref in rows:
     secs = f"{low['seconds']:.0f}" + (f" / {ref['seconds']:.0f}" if ref else "")
     print(f"| {m} | {low.get('skipped', '-')} | {fmt(low)} | {fmt(ref)} | {secs} |")
-  print(f"\n{len(rows) - len(bad)} of {len(rows)} methods finished in {_DTYPE.value} without a non-finite step"
+  print(f"\n{len(rows) - len(bad)} of {len(rows)} methods finished in {f.dtype} without a non-finite step"
         + (f"; not: {', '.join(bad)}" if bad else ""))
   sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main, flags_parser=runtime.parse_flags)

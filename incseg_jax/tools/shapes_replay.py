@@ -22,10 +22,14 @@ from absl import flags
 from incseg_jax import runtime
 from incseg_jax.data import shapes
 
-_OUT = flags.DEFINE_string("out", None, "folder to write (one sub-folder per foreground class)", required=True)
-_PER_CLASS = flags.DEFINE_integer("per_class", 200, "images per class")
-_SEED = flags.DEFINE_integer("seed", 0, "random stream of the images")
-_SIZE = flags.DEFINE_integer("image_size", 64, "image side (the dataset's default config is 64)")
+
+
+def _define_flags() -> None:
+  """The command's flags, defined only when run as a program (the tests import `write` beside other commands)."""
+  flags.DEFINE_string("out", None, "folder to write (one sub-folder per foreground class)", required=True)
+  flags.DEFINE_integer("per_class", 200, "images per class")
+  flags.DEFINE_integer("seed", 0, "random stream of the images")
+  flags.DEFINE_integer("image_size", 64, "image side (the dataset's default config is 64)")
 
 
 def write(out: str, per_class: int, seed: int = 0, image_size: int = 64, classes=None) -> int:
@@ -50,10 +54,12 @@ def write(out: str, per_class: int, seed: int = 0, image_size: int = 64, classes
 
 def main(argv) -> None:
   runtime.setup_command(argv)
+  f = flags.FLAGS
   with runtime.clear_errors():
-    n = write(_OUT.value, _PER_CLASS.value, _SEED.value, _SIZE.value)
-  print(f"wrote {n} replay images ({_PER_CLASS.value} per class, {shapes.NUM_CLASSES - 1} classes) to {_OUT.value}")
+    n = write(f.out, f.per_class, f.seed, f.image_size)
+  print(f"wrote {n} replay images ({f.per_class} per class, {shapes.NUM_CLASSES - 1} classes) to {f.out}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
