@@ -12,4 +12,5 @@ python -m incseg_jax.main --config=configs/shapes.py:task=15-1,method=ft,setting
 python -m incseg_jax.main --config=configs/shapes.py:method=joint --workdir="$out/joint" "$@"
 echo
 echo "Final models (old = the 15 step-0 classes, new = the 5 added one by one; M0 = the step-0 model):"
-python -m incseg_jax.compare "$out/ft_15-1" "$out/joint" --noper_class --markdown="$out/comparison.md"
+python -m incseg_jax.compare "$out/ft_15-1" "$out/joint" --noper_class --markdown="$out/comparison.md" \
+  --plots="$out/plots"
