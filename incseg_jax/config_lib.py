@@ -179,6 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory.size = 0  # images kept (0 = no memory; SSUL-M on VOC: 100)
   c.memory.policy = "balanced"  # balanced (SSUL-M's class rounds) | random
   c.memory.per_batch = 0  # memory images in each batch (0 = half the batch, as the SSUL code)
+  # keep: memory labels as stored | ignore: their background pixels do not count (it hides later classes)
+  c.memory.background = "keep"
 
   # EWF's weight fusion after each incremental step (`+ewf`, incseg_jax/methods/ewf.py).
   c.ewf = ml_collections.ConfigDict()

@@ -154,7 +154,8 @@ class Experiment:
     entries = self.memory_for(spec.index)
     if entries:
       memory = (np.asarray([e.index for e in entries], np.int64), np.asarray([e.step for e in entries], np.int32),
-                np.stack([st.train_lut for st in self.plan.steps]))
+                memory_lib.label_tables([st.train_lut for st in self.plan.steps], self.plan.ignore_label,
+                                        self.config.memory.get("background", "keep")))
       num_memory = self.config.memory.per_batch or self.config.input.batch_size // 2
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,

@@ -96,6 +96,25 @@ def select(candidates: Sequence[Entry], shows: dict[Entry, set[int]], classes: S
   return chosen
 
 
+BACKGROUNDS = ("keep", "ignore")
+
+
+def label_tables(train_luts: Sequence[np.ndarray], ignore_label: int, background: str = "keep") -> np.ndarray:
+  """(T, 256) label tables of memory entries, one per task step they were stored at.
+
+  `background="ignore"`: a memory image's background pixels do not count in
+  the loss. Its stored label calls background every class learned after the
+  image's step, so in a later step it would teach that step's new classes as
+  background (docs/results_shapes.md).
+  """
+  if background not in BACKGROUNDS:
+    raise ValueError(f"config.memory.background={background!r}: expected one of {', '.join(BACKGROUNDS)}")
+  tables = np.stack(train_luts).copy()
+  if background == "ignore":
+    tables[tables == 0] = ignore_label
+  return tables
+
+
 def path(task_dir: str) -> str:
   return os.path.join(task_dir, MEMORY_FILE)
 

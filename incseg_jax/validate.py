@@ -253,6 +253,9 @@ def _check_memory(cfg) -> None:
     value = mem[field]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ValueError(f"config.memory.{field}={value!r}: expected a non-negative integer")
+  if mem.get("background", "keep") not in memory_lib.BACKGROUNDS:
+    raise ValueError(f"config.memory.background={mem.background!r}: expected one of "
+                     f"{', '.join(memory_lib.BACKGROUNDS)}")
   if mem.policy not in memory_lib.POLICIES:
     raise ValueError(f"config.memory.policy={mem.policy!r}: expected one of {', '.join(memory_lib.POLICIES)}")
   per_batch = mem.per_batch or cfg.input.batch_size // 2

@@ -74,6 +74,18 @@ def test_labelled_classes_of_a_table():
   assert memory.labelled_classes(lut, 255) == {3, 7}
 
 
+def test_label_tables_can_ignore_the_stored_background():
+  lut = np.full(256, 255, np.uint8)
+  lut[0], lut[3], lut[7] = 0, 2, 0  # class 7 is not labelled at this step: background
+  keep = memory.label_tables([lut], 255)
+  ignore = memory.label_tables([lut], 255, "ignore")
+  assert keep[0, 7] == 0 and keep[0, 0] == 0 and keep[0, 3] == 2
+  assert ignore[0, 7] == 255 and ignore[0, 0] == 255 and ignore[0, 3] == 2
+  assert lut[0] == 0  # the step's own table is untouched
+  with pytest.raises(ValueError, match="config.memory.background='drop'"):
+    memory.label_tables([lut], 255, "drop")
+
+
 def test_save_load_and_a_damaged_file(tmp_path):
   entries = [E(4, 0), E(9, 1)]
   memory.save(str(tmp_path), entries)
