@@ -173,13 +173,12 @@ class Experiment:
       return []
     if task_index not in self._memories:
       previous = self.memory_for(task_index - 1)
-      prev_step = self.plan.steps[task_index - 1]
       candidates = list(previous) + [memory_lib.Entry(int(i), task_index - 1) for i in self.step_indices[task_index - 1]]
       labelled = {k: memory_lib.labelled_classes(st.train_lut, self.plan.ignore_label)
                   for k, st in enumerate(self.plan.steps)}
       shows = {e: set(int(c) for c in self.train_split.classes[e.index]) & labelled[e.step] for e in candidates}
-      seen = tuple(self.plan.steps[task_index].old_classes) or tuple(prev_step.new_classes)
-      self._memories[task_index] = memory_lib.select(candidates, shows, seen, mem.size, seed=self.config.seed,
+      self._memories[task_index] = memory_lib.select(candidates, shows, self.plan.steps[task_index].old_classes,
+                                                     mem.size, seed=self.config.seed,
                                                      task_index=task_index, policy=mem.policy)
     return self._memories[task_index]
 

@@ -237,9 +237,7 @@ def _check_replay(cfg, method) -> None:
     raise ValueError(f"config.replay.label={rp.label!r}: expected one of {', '.join(replay_lib.LABEL_MODES)}")
   if not isinstance(rp.mix_labels, bool):
     raise ValueError(f"config.replay.mix_labels={rp.mix_labels!r}: expected True or False")
-  replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new)
-  if rp.ratio_old and replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new) % \
-      jax.process_count():
+  if replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new) % jax.process_count():
     raise ValueError(f"config.replay.ratio_old : ratio_new = {rp.ratio_old} : {rp.ratio_new}: the replay images "
                      f"of a batch of {cfg.input.batch_size} do not split over {jax.process_count()} hosts")
 

@@ -185,7 +185,7 @@ def test_replay_batches_resume_exactly():
 
 
 def test_without_replay_the_batches_are_those_of_every_earlier_run():
-  plain, none = _replay_batches(0, 3, with_replay=False), None
+  plain = _replay_batches(0, 3, with_replay=False)
   assert "replay_class" not in plain[0]
   rng = np.random.default_rng(0)
   own = rng.integers(0, 255, size=(10, 8, 8, 3), dtype=np.uint8)
@@ -195,7 +195,6 @@ def test_without_replay_the_batches_are_those_of_every_earlier_run():
     for j in range(4):  # scale 1, no flip, crop = image: the k-th image is the k-th of the sequence
       want = (own[seq[4 * t + j]].astype(np.float32) / 255 - 0.5) / 0.5
       np.testing.assert_allclose(b["image"][j], want, atol=1e-6)
-  del none
 
 
 def test_shapes_replay_folder_is_deterministic_and_of_one_class(tmp_path):
