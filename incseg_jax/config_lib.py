@@ -92,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ADE20K / Cityscapes: label 0 is "void/other"; "background" trains and
   # evaluates it as the background channel (PLOP/UCD), "ignore" drops it (MiB).
   c.dataset.void = "background"
+  # Saliency maps of the training images (SSUL's unknown class; incseg_jax/saliency.py): a folder with
+  # <example id>.png per training image, nonzero = salient (VOC: SSUL's saliency_map folder). Read when the
+  # method needs them or when given; "" with shapes: approximate maps built once beside the dataset.
+  c.dataset.saliency_dir = ""
 
   # Task plan (see incseg_jax/tasks/).
   c.task = "15-1"
@@ -119,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.small_width = 16
   c.model.small_blocks = (1, 1, 1, 1)
   c.model.bn_frozen = False
+  # linear: a 1x1 conv per step | ssul: 3x3 conv + BN + ReLU + 1x1 per step, background and unknown heads
+  # apart, sigmoid scores (set by the method: `ssul`).
+  c.model.head = "linear"
   c.model.activation = "relu"  # relu | leaky_relu (in-place-ABN ImageNet weights use leaky ReLU 0.01)
   # Computation dtype of convolutions and activations: float32 | bfloat16 | float16. Parameters,
   # BatchNorm statistics, optimizer state and every loss stay float32 (the model's outputs are cast).

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from incseg_jax import hooks as hooks_lib
+from incseg_jax import models
 from incseg_jax import sharding
 from incseg_jax.data import pipeline
 
@@ -212,8 +213,8 @@ def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Ca
   def step(variables, batch):
     # "valid" (real pixels of images padded to a common shape) keeps the
     # image pooling of padded evaluation images to their real extent.
-    logits = model.apply(variables, batch["image"], train=False, valid=batch.get("valid"))["logits"]
-    preds = jnp.argmax(logits, axis=-1)
+    scores = models.prediction_scores(model.apply(variables, batch["image"], train=False, valid=batch.get("valid")))
+    preds = jnp.argmax(scores, axis=-1)
     return confusion_matrix(batch["label"], preds, num_channels, ignore_label)
 
   return jax.jit(step)
@@ -304,8 +305,8 @@ def make_predict(model: nn.Module) -> Callable:
   """Jitted `(variables, images, valid) -> (N, H, W) int32` argmax channel per pixel (eval mode)."""
 
   def predict(variables, images, valid):
-    logits = model.apply(variables, images, train=False, valid=valid)["logits"]
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scores = models.prediction_scores(model.apply(variables, images, train=False, valid=valid))
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
   return jax.jit(predict)
 

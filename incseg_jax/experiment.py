@@ -22,6 +22,7 @@ from incseg_jax import memory as memory_lib
 from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import replay as replay_lib
+from incseg_jax import saliency as saliency_lib
 from incseg_jax import tasks
 from incseg_jax.data import pipeline
 from incseg_jax.data import registry
@@ -44,6 +45,9 @@ class StepSpec:
     indices: training example indices of this step (after the setting's filter).
     num_train_steps: length of the step's schedule in train steps.
     learning_rate: the schedule's starting learning rate.
+    lr_scales: (parameter prefix, factor) pairs: parameters under a prefix
+      train at factor x the schedule (the method's `lr_scales`; the longest
+      matching prefix wins).
     frozen: parameter-path prefixes of `train_model` that receive no update in
       this step (the method's, its train variant's and `config.freeze` after
       step 0; every BatchNorm with `model.bn_frozen`).
@@ -64,6 +68,7 @@ class StepSpec:
   frozen: tuple[str, ...]
   terms: tuple[tuple[str, float, dict[str, Any]], ...]
   states: tuple[tuple[str, Any, dict[str, Any]], ...] = ()
+  lr_scales: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass
@@ -77,6 +82,8 @@ class Experiment:
   method: methods.Method
   step_indices: list[np.ndarray]  # training example indices per task step
   replay: replay_lib.ReplaySet | None = None  # `config.replay.dir`'s images (None: no replay)
+  # PNG saliency maps aligned with `train_split` (`incseg_jax.saliency`; None: the batches carry none)
+  saliency: np.ndarray | None = None
   _specs: dict[int, StepSpec] = dataclasses.field(default_factory=dict, repr=False)
   _memories: dict[int, list] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -104,23 +111,30 @@ class Experiment:
     model = self.model(k)
     variant = self.method.train_variant
     train_model = variant.model(model, k) if variant is not None else model
+    # SSUL's `--bn_freeze`: after step 0 every BatchNorm runs on its running statistics.
+    bn_frozen = bool(cfg.model.bn_frozen) or (self.method.freeze_batchnorm and k > 0)
+    if bn_frozen and not train_model.bn_frozen:
+      train_model = train_model.clone(bn_frozen=True)
     frozen = methods.frozen_prefixes(self.method, cfg, k) if k > 0 else ()
     shapes = None
-    if cfg.model.bn_frozen or (variant is not None and k > 0):
+    if bn_frozen or (variant is not None and k > 0):
       shapes = models.abstract_variables(train_model, cfg.input.crop_size)
     if variant is not None and k > 0:
       frozen += variant.frozen(shapes)
-    if cfg.model.bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
+    if bn_frozen:  # frozen BatchNorm: statistics (in the model) and scale/bias (here)
       frozen += models.batchnorm_prefixes(shapes)
     frozen = tuple(dict.fromkeys(frozen))
+    scales = self.method.lr_scales(k) if self.method.lr_scales is not None else {}
+    base_rate = k == 0 or self.method.incremental_lr == "base_lr"
     info = losses_lib.TaskInfo(index=k, num_channels=step.num_channels, old_channels=step.old_channels,
                                new_channels=step.new_channels, ignore_label=self.plan.ignore_label)
     return StepSpec(index=k, task=step, info=info, model=model,
                     teacher_model=self.model(k - 1) if k > 0 else None, train_model=train_model,
                     indices=self.step_indices[k],
                     num_train_steps=self._num_train_steps(k),
-                    learning_rate=cfg.schedule.base_lr if k == 0 else cfg.schedule.inc_lr, frozen=frozen,
-                    terms=tuple(methods.active_terms(cfg, k)), states=tuple(methods.state_terms(cfg)))
+                    learning_rate=cfg.schedule.base_lr if base_rate else cfg.schedule.inc_lr, frozen=frozen,
+                    terms=tuple(methods.active_terms(cfg, k)), states=tuple(methods.state_terms(cfg)),
+                    lr_scales=tuple((p, float(f)) for p, f in scales.items()))
 
   def _num_train_steps(self, k: int) -> int:
     """Length of a task step's schedule in train steps (see config.schedule)."""
@@ -145,6 +159,7 @@ class Experiment:
     order and augmentation are functions of (seed, task step, sample position).
     With replay (`config.replay.dir`), the batches of incremental steps carry
     the old classes' replay images and their `replay_class` (`incseg_jax.replay`).
+    With saliency maps (`self.saliency`), every batch carries `saliency`.
     """
     replay, num_replay = self.replay_for(spec), 0
     if replay is not None:
@@ -160,7 +175,7 @@ class Experiment:
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
                                   ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay,
-                                  memory=memory, num_memory=num_memory)
+                                  memory=memory, num_memory=num_memory, saliency=self.saliency)
 
   def memory_for(self, task_index: int) -> list[memory_lib.Entry]:
     """The exemplar memory step `task_index` replays (`incseg_jax.memory`); empty without one or at step 0.
@@ -232,7 +247,8 @@ def build(config) -> Experiment:
 
   Raises:
     ValueError: with a message naming the config field or the data at fault
-      (an order that is not a permutation, a step without training images).
+      (an order that is not a permutation, a step without training images,
+      a missing or bad saliency map).
   """
   method = methods.get(config.method)
   builder, meta = registry.load(config.dataset)
@@ -255,5 +271,8 @@ def build(config) -> Experiment:
     names = replay_lib.old_class_names(plan.steps[-1].old_classes, meta.class_names)
     replay = replay_lib.read_folder(config.replay.dir, names, config.replay.per_class)
     logging.info("replay: %d images of %d old classes from %s", len(replay), len(names), config.replay.dir)
+  saliency = None
+  if method.needs_saliency or config.dataset.get("saliency_dir"):  # a given folder is read (and checked) anyway
+    saliency = saliency_lib.load(config.dataset, train_split)
   return Experiment(config=config, meta=meta, train_split=train_split, eval_split=eval_split, plan=plan,
-                    method=method, step_indices=step_indices, replay=replay)
+                    method=method, step_indices=step_indices, replay=replay, saliency=saliency)

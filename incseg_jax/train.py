@@ -163,7 +163,7 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
   variables = init_student(exp, spec, teacher_vars, jax.random.fold_in(base_key, 1 << 30),
                            load_pretrained=not resuming and not cfg.init_from)
   schedule = ts.lr_schedule(spec.learning_rate, cfg.schedule.end_lr, cfg.schedule.power, num_steps)
-  tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], spec.frozen)
+  tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], spec.frozen, spec.lr_scales)
   method_state = init_states(spec, variables["params"], teacher_vars, previous_states) if spec.states else None
   state = ts.TrainState(step=np.int32(0), params=variables["params"], batch_stats=variables.get("batch_stats", {}),
                         opt_state=tx.init(variables["params"]), skipped=np.int32(0), method_state=method_state)
@@ -277,7 +277,7 @@ def prepare_replay_labels(exp: experiment_lib.Experiment, k: int, workdir: str, 
     if labels is None:
       variables = teacher_vars if s == k - 1 else workdir_lib.restore_step(exp, workdir, s, mesh)
       model = exp.step(s).model
-      forward = jax.jit(lambda v, x, m: model.apply(v, x, train=False, valid=m)["logits"])
+      forward = jax.jit(lambda v, x, m: models.prediction_scores(model.apply(v, x, train=False, valid=m)))
       print(f"task step {k}: labelling {len(idx)} replay images of step {s}'s classes with its model", flush=True)
       labels = replay_lib.label_images(lambda x, m: forward(variables, x, m), exp.replay.images[idx], channels,
                                        mode=cfg.replay.label, input_cfg=cfg.input)

@@ -54,19 +54,39 @@ def lr_schedule(start: float, end: float, power: float, num_steps: int) -> optax
   return optax.polynomial_schedule(init_value=start, end_value=end, power=power, transition_steps=max(num_steps, 1))
 
 
-def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Sequence[str]) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg, schedule: optax.Schedule, params: Any, frozen: Sequence[str],
+                   lr_scales: Sequence[tuple[str, float]] = ()) -> optax.GradientTransformation:
   """SGD (+ momentum, optionally Nesterov) with L2 weight decay on trainable params.
 
   Weight decay is added to the gradient before momentum, as PyTorch's SGD does
   (the reference code's optimizer), on every trainable parameter; frozen
-  parameters get a zero update.
+  parameters get a zero update. Parameters under a prefix of `lr_scales`
+  train at its factor x `schedule` (a PyTorch parameter group with its own
+  lr: the decay is scaled with it); the longest matching prefix wins, and
+  frozen wins over any scale.
   """
-  tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
-                   optax.sgd(schedule, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov))
-  if not frozen:
-    return tx
-  labels = jax.tree.map(lambda f: "frozen" if f else "train", models.frozen_mask(params, frozen))
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  def sgd(scale: float) -> optax.GradientTransformation:
+    rate = schedule if scale == 1.0 else (lambda count: scale * schedule(count))
+    return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay),
+                       optax.sgd(rate, momentum=optim_cfg.momentum or None, nesterov=optim_cfg.nesterov))
+
+  if not frozen and not lr_scales:
+    return sgd(1.0)
+  by_length = sorted(lr_scales, key=lambda pf: -len(pf[0].rstrip("/")))
+
+  def label(path, _):
+    name = models.path_str(path)
+    if models.is_frozen(name, frozen):
+      return "frozen"
+    for i, (prefix, _) in enumerate(by_length):
+      if models.is_frozen(name, (prefix,)):
+        return f"scale_{i}"
+    return "train"
+
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  transforms = {"train": sgd(1.0), "frozen": optax.set_to_zero()}
+  transforms.update({f"scale_{i}": sgd(float(f)) for i, (_, f) in enumerate(by_length)})
+  return optax.multi_transform(transforms, labels)
 
 
 def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequence[tuple[str, float, dict]],
@@ -115,10 +135,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       teacher_out = jax.lax.stop_gradient(teacher.apply(teacher_variables, images, train=False))
       if replay is not None and "replay_class" in batch:
         if not replay.get("prelabelled"):  # labelled now by the previous model
-          labels = replay_lib.label_replay(teacher_out["logits"], labels, batch["replay_class"],
+          labels = replay_lib.label_replay(models.prediction_scores(teacher_out), labels, batch["replay_class"],
                                            mode=replay["label"], ignore_label=task.ignore_label)
         if replay["mix_labels"]:
-          labels = replay_lib.mix_background(teacher_out["logits"], labels, batch["replay_class"])
+          labels = replay_lib.mix_background(models.prediction_scores(teacher_out), labels, batch["replay_class"])
     method_state = state.method_state or {}
     step_index = state.step
 
@@ -126,7 +146,7 @@ def make_train_step(student: nn.Module, teacher: nn.Module | None, terms: Sequen
       out, mutated = student.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
                                    mutable=["batch_stats"], rngs={"dropout": rng})
       inputs = losses_lib.LossInputs(student=out, teacher=teacher_out, labels=labels, images=images, task=task,
-                                     extras=extras or {})
+                                     extras=extras or {}, saliency=batch.get("saliency"))
       values = {name: fn(_with_state(inputs, method_state, name), **opts) for name, _, fn, opts in fns}
       total = sum(weight * values[name] for name, weight, _, _ in fns)
       # A state update may read the forward outputs (e.g. prototypes from the features).

@@ -7,7 +7,8 @@ Two passes, each raising ValueError with a message naming the field at fault:
   takes any tuple: `--config.input.mean=abc` gives `('abc',)`), batch sizes
   against the devices, the method against its loss terms, the model
   architecture, the scenario against the dataset's class count, the label
-  policy, and the pretrained weight file (read fully: layout, names, shapes).
+  policy, the saliency folder (its maps are checked by `experiment.build`),
+  and the pretrained weight file (read fully: layout, names, shapes).
 * `experiment(exp)`: what needs the resolved experiment: frozen prefixes
   against the model's parameters, and every loss term of every task step
   traced once on abstract inputs (`jax.eval_shape`, no compute), so a bad
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 
 from typing import Any, Iterator, Mapping
 
@@ -209,7 +211,12 @@ def _check_method(cfg) -> None:
         f"config.method={cfg.method!r} needs loss term(s) {missing} that config.losses "
         f"({dict(cfg.losses)}) lacks; choose the method in the config argument, e.g. "
         f"--config=configs/shapes.py:method={cfg.method}")
+  head = cfg.model.get("head", "linear")
+  if head != method.head:
+    raise ValueError(f"config.model.head={head!r}, but method {cfg.method!r} trains the {method.head!r} head; "
+                     "drop the override (the method sets model.head)")
   _check_replay(cfg, method)
+  _check_saliency(cfg, method)
   _check_ewf(cfg)
   _check_memory(cfg)
   if method.joint and cfg.task != "joint":
@@ -240,6 +247,26 @@ def _check_replay(cfg, method) -> None:
   if replay_lib.batch_composition(cfg.input.batch_size, rp.ratio_old, rp.ratio_new) % jax.process_count():
     raise ValueError(f"config.replay.ratio_old : ratio_new = {rp.ratio_old} : {rp.ratio_new}: the replay images "
                      f"of a batch of {cfg.input.batch_size} do not split over {jax.process_count()} hosts")
+
+
+def _check_saliency(cfg, method) -> None:
+  """`config.dataset.saliency_dir` (incseg_jax/saliency.py): a folder when given, and given when needed.
+
+  Only the folder itself: its maps are checked against the images when the
+  experiment is built (`experiment.build`), still before anything trains.
+  """
+  directory = cfg.dataset.get("saliency_dir", "")
+  if not isinstance(directory, str):
+    raise ValueError(f"config.dataset.saliency_dir={directory!r}: expected a folder path (\"\": none)")
+  path = os.path.expanduser(directory)
+  if directory and not os.path.isdir(path):
+    what = "a file, not a directory" if os.path.exists(path) else "not an existing directory"
+    raise ValueError(f"config.dataset.saliency_dir={directory!r} is {what}; expected a folder with one <id>.png "
+                     "saliency map per training image")
+  if method.needs_saliency and not directory and cfg.dataset.name != "shapes":
+    raise ValueError(f"method {cfg.method!r} trains with saliency maps: pass --config.dataset.saliency_dir=DIR, a "
+                     "folder with one <id>.png per training image (for VOC, SSUL's saliency_map folder); only "
+                     "shapes has maps built in")
 
 
 def _check_memory(cfg) -> None:
@@ -334,7 +361,9 @@ class _UnknownExtras(Mapping[str, Any]):
 def _with_channels(out: dict[str, Any], channels: int) -> dict[str, Any]:
   """An abstract forward dict with `channels` output channels (heads only change the logits)."""
   out = dict(out)
-  for key in ("logits", "logits_os"):
+  for key in ("logits", "logits_os", "scores"):
+    if key not in out:  # scores: SSUL's heads only
+      continue
     shape = out[key].shape
     out[key] = jax.ShapeDtypeStruct(shape[:-1] + (channels,), out[key].dtype)
   return out
@@ -356,6 +385,7 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
   out, _ = jax.eval_shape(lambda x: final.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)},
                                                            x, train=True), images)
   labels = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)
+  saliency = jax.ShapeDtypeStruct((batch, size, size), jnp.uint8) if exp.saliency is not None else None
   states = {}  # term -> its state at the start of step k (for terms that read it in the forward)
   for k in range(exp.num_steps):
     spec = exp.step(k)
@@ -375,13 +405,13 @@ def _check_loss_terms(exp: experiment_lib.Experiment) -> None:
                            f"({e})") from e
         continue
 
-      def term(s, t, y, x, state, fn=fn, opts=opts, info=spec.info, extras=extras):
+      def term(s, t, y, x, state, sal, fn=fn, opts=opts, info=spec.info, extras=extras):
         inputs = losses_lib.LossInputs(student=s, teacher=t, labels=y, images=x, task=info, extras=extras,
-                                       state=state)
+                                       state=state, saliency=sal)
         return fn(inputs, **opts)
 
       try:
-        result = jax.eval_shape(term, student, teacher, labels, images, states.get(name))
+        result = jax.eval_shape(term, student, teacher, labels, images, states.get(name), saliency)
       except _ExtrasNeeded:
         continue
       except Exception as e:  # pylint: disable=broad-except

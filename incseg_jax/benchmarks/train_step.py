@@ -309,7 +309,7 @@ def build(cfg, teacher_mode: str, mesh) -> Bench:
   previous = train_lib.init_states(exp.step(0), teacher_host["params"], None, None) if spec.states else None
   method_state = train_lib.init_states(spec, variables["params"], teacher_host, previous) if spec.states else None
   schedule = ts.lr_schedule(spec.learning_rate, cfg.schedule.end_lr, cfg.schedule.power, spec.num_train_steps)
-  tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], spec.frozen)
+  tx = ts.make_optimizer(cfg.optim, schedule, variables["params"], spec.frozen, spec.lr_scales)
   state = ts.TrainState(step=np.int32(0), params=variables["params"], batch_stats=variables.get("batch_stats", {}),
                         opt_state=tx.init(variables["params"]), skipped=np.int32(0), method_state=method_state)
   state = sharding.put_replicated(state, mesh)

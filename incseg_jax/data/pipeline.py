@@ -112,12 +112,15 @@ def _normalise(image, mean, std):
 
 
 def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: float, flip: bool,
-            ignore_label: int):
+            ignore_label: int, saliency=None):
   """Random scale, pad, crop and flip of an image and its mask, together.
 
   The image is resized bilinearly and the mask with nearest neighbour so no
   label value is invented; padding uses 0 for the (un-normalised) image and the
-  ignore label for the mask, so padded pixels never count in the loss.
+  ignore label for the mask, so padded pixels never count in the loss. An
+  optional saliency map follows the mask's geometry exactly (nearest
+  neighbour), padded with 0 (not salient); it draws no random numbers, so the
+  image and mask are the same with or without it.
 
   Args:
     image: (H, W, 3) uint8.
@@ -128,9 +131,11 @@ def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: f
     scale_max: largest random scale factor.
     flip: random horizontal flip.
     ignore_label: fill value for padded mask pixels.
+    saliency: optional (H, W, 1) uint8 saliency map of the image.
 
   Returns:
-    (image float32 (crop, crop, 3) in [0, 255], label uint8 (crop, crop)).
+    (image float32 (crop, crop, 3) in [0, 255], label uint8 (crop, crop)),
+    plus the saliency map uint8 (crop, crop) when one is given.
   """
   keys = tf.random.experimental.stateless_split(key, 4)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -153,14 +158,21 @@ def augment(image, label, key, *, crop_size: int, scale_min: float, scale_max: f
     label = tf.cond(do_flip, lambda: tf.reverse(label, [1]), lambda: label)
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])
   label = tf.ensure_shape(label, [crop_size, crop_size, 1])
-  return image, label[..., 0]
+  if saliency is None:
+    return image, label[..., 0]
+  # The mask's geometry, step for step: same size, padding offsets, crop and flip.
+  saliency = tf.pad(tf.image.resize(saliency, size, method="nearest"), [[0, ph], [0, pw], [0, 0]])
+  saliency = saliency[oy:oy + crop_size, ox:ox + crop_size]
+  if flip:
+    saliency = tf.cond(do_flip, lambda: tf.reverse(saliency, [1]), lambda: saliency)
+  return image, label[..., 0], tf.ensure_shape(saliency, [crop_size, crop_size, 1])[..., 0]
 
 
 def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, input_cfg, *, seed: int,
                   task_index: int, start_step: int, num_steps: int, ignore_label: int,
                   threads: int | None = None, replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                   num_replay: int = 0, memory: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                  num_memory: int = 0) -> Iterator[dict]:
+                  num_memory: int = 0, saliency: np.ndarray | None = None) -> Iterator[dict]:
   """Yields this host's training batches for train steps [start_step, num_steps).
 
   Args:
@@ -187,10 +199,15 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
       labelled images filling the same slots as replay images would, each
       labelled by its own table (the one it was stored with). Not with `replay`.
     num_memory: memory images per global batch.
+    saliency: optional object array of PNG saliency maps aligned with
+      `split` (`incseg_jax.saliency`); each is augmented with its image.
+      Memory and replay slots get an all-zero map: SSUL carves its unknown
+      class out of the step's own images only.
 
   Yields:
     {"image": float32 (B_local, S, S, 3) normalised, "label": int32 (B_local, S, S)}, plus with replay
-    "replay_class": int32 (B_local,), the channel a replay image stands for, 0 for the step's own images.
+    "replay_class": int32 (B_local,), the channel a replay image stands for, 0 for the step's own images,
+    and with `saliency` "saliency": uint8 (B_local, S, S), nonzero = salient, 0 on padding.
   """
   gbs = input_cfg.batch_size
   nproc = jax.process_count()
@@ -242,11 +259,16 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
 
   def fetch(s, i):
     if s == 1:
-      return replay_images[i], (replay_labels[i] if replay_labels is not None else b"")
-    return images[i], labels[i]
+      pair = replay_images[i], (replay_labels[i] if replay_labels is not None else b"")
+    else:
+      pair = images[i], labels[i]
+    if saliency is None:
+      return pair
+    return pair + ((saliency[i] if s == 0 else b""),)
 
   def load(s, i, pos, rc):
-    image_b, label_b = tf.numpy_function(fetch, [s, i], (tf.string, tf.string), stateful=False)
+    fetched = tf.numpy_function(fetch, [s, i], (tf.string,) * (2 if saliency is None else 3), stateful=False)
+    image_b, label_b = fetched[:2]
     image = tf.io.decode_image(image_b, channels=3, expand_animations=False)
     # A replay image has no mask: label 0 on its pixels, labelled in the train step. A memory image is
     # labelled by the table it was stored with (its row in `luts`, carried in `rc`), the step's own by row 0.
@@ -258,11 +280,18 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
       label = tf.cond(s == 1, lambda: tf.io.decode_png(label_b, channels=1),
                       lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
     key = tf.stack([tf.constant(seed * 1000 + task_index, tf.int64), pos])
-    image, label = augment(image, label, key, crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min,
-                           scale_max=input_cfg.scale_max, flip=input_cfg.flip, ignore_label=ignore_label)
+    kwargs = dict(crop_size=input_cfg.crop_size, scale_min=input_cfg.scale_min, scale_max=input_cfg.scale_max,
+                  flip=input_cfg.flip, ignore_label=ignore_label)
+    if saliency is None:
+      image, label = augment(image, label, key, **kwargs)
+    else:  # the step's own images only; a memory or replay image's map is all 0
+      sal = tf.cond(s == 0, lambda: tf.io.decode_png(fetched[2], channels=1), lambda: tf.zeros_like(image[..., :1]))
+      image, label, sal = augment(image, label, key, saliency=sal, **kwargs)
     out = {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
     if replay is not None:
       out["replay_class"] = rc
+    if saliency is not None:
+      out["saliency"] = sal
     return out
 
   ds = tf.data.Dataset.from_tensor_slices((src, idx, positions, rclass))

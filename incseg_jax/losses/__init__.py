@@ -63,6 +63,9 @@ class LossInputs:
       parameter terms only (`register(..., reads_params=True)`).
     teacher_params: the previous model's parameters; parameter terms only.
     state: the method's state (`methods.state`), or None.
+    saliency: (B, H, W) uint8 saliency maps of the batch's images (nonzero:
+      salient), when the method asks for them (`Method.needs_saliency`); 0 on
+      images that have none (memory images). None otherwise.
   """
   student: dict[str, Any]
   teacher: dict[str, Any] | None
@@ -73,6 +76,7 @@ class LossInputs:
   params: Any = None
   teacher_params: Any = None
   state: Any = None
+  saliency: Any = None
 
 
 def register(name: str, needs_teacher: bool = False, reads_params: bool = False, state: Any = None):
@@ -176,4 +180,4 @@ def state_rule(name: str) -> Any:
 
 
 # Importing the families registers their terms.
-from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, rcil, regularizers, sdr  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.losses import ce, contrastive, features, kd, mib, plop, pod, rcil, regularizers, sdr, ssul  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -94,6 +94,23 @@ class Method:
     train_variant: optional `TrainVariant`: the model trained at every step in
       place of the step's model (RCIL's two-branch convs), merged back when the
       step's training ends.
+    freeze_batchnorm: at steps > 0 every BatchNorm of the trained model uses
+      its running statistics and keeps them, and its scale and offset get no
+      update (SSUL's `--bn_freeze`), as `model.bn_frozen` does at every step.
+    lr_scales: optional `task index -> {parameter prefix: factor}`: the
+      parameters under a prefix train at `factor` x the step's learning rate
+      (SSUL: the backbone at 0.1 x at step 0, the background head at 1e-4 x
+      after it); the longest matching prefix wins.
+    incremental_lr: "inc_lr" (the protocol's `schedule.inc_lr` after step 0)
+      or "base_lr": every step starts at `schedule.base_lr` (SSUL, whose code
+      trains only heads after step 0, at the step-0 rate).
+    head: the classifier the method trains, written to `config.model.head`
+      by `apply_to_config`: "linear" (a 1x1 conv per step) or "ssul" (per
+      step 3x3 conv + BatchNorm + ReLU + 1x1 conv, with separate background
+      and unknown heads and sigmoid scores; `models.classifier`).
+    needs_saliency: the training batches carry saliency maps
+      (`dataset.saliency_dir`; built for `shapes`), `batch["saliency"]`, read
+      by the loss terms as `inputs.saliency`.
     void_as_background: training labels map void to background (MiB code).
     unseen_eval: "ignore" (MiB) or "background" (PLOP/UCD): how not-yet-learned
       classes are labelled in evaluation at intermediate steps.
@@ -116,6 +133,11 @@ class Method:
   fuse: Callable[..., Mapping[str, Any]] | None = None
   freeze_old_heads: bool = False
   train_variant: TrainVariant | None = None
+  freeze_batchnorm: bool = False
+  lr_scales: Callable[[int], Mapping[str, float]] | None = None
+  incremental_lr: str = "inc_lr"
+  head: str = "linear"
+  needs_saliency: bool = False
   void_as_background: bool = False
   unseen_eval: str = "ignore"
   doc: str = ""
@@ -223,6 +245,13 @@ def get(name: str) -> Method:
   prepares = {m.prepare for m in ms if m.prepare is not None}
   if len(prepares) > 1:
     raise ValueError(f"method {name!r}: more than one part has a prepare hook")
+  lr_scales = {m.lr_scales for m in ms if m.lr_scales is not None}
+  if len(lr_scales) > 1:
+    raise ValueError(f"method {name!r}: more than one part scales learning rates")
+  for field, default in (("incremental_lr", "inc_lr"), ("head", "linear")):
+    values = {getattr(m, field) for m in ms} - {default}
+    if len(values) > 1:
+      raise ValueError(f"method {name!r}: parts ask for different {field} ({sorted(values)})")
   if any(m.joint for m in ms):
     raise ValueError(f"method {name!r}: 'joint' cannot be combined with other methods")
   conventions = {(m.void_as_background, m.unseen_eval) for m in ms if (m.void_as_background, m.unseen_eval) != (False, "ignore")}
@@ -237,6 +266,11 @@ def get(name: str) -> Method:
                 prepare=prepares.pop() if prepares else None, replay=any(m.replay for m in ms),
                 fuse=fuses.pop() if fuses else None, freeze_old_heads=any(m.freeze_old_heads for m in ms),
                 train_variant=variants.pop() if variants else None,
+                freeze_batchnorm=any(m.freeze_batchnorm for m in ms),
+                lr_scales=lr_scales.pop() if lr_scales else None,
+                incremental_lr=next((m.incremental_lr for m in ms if m.incremental_lr != "inc_lr"), "inc_lr"),
+                head=next((m.head for m in ms if m.head != "linear"), "linear"),
+                needs_saliency=any(m.needs_saliency for m in ms),
                 void_as_background=void, unseen_eval=unseen, doc=" + ".join(m.doc for m in ms))
 
 
@@ -283,6 +317,8 @@ def apply_to_config(config: ml_collections.ConfigDict, conventions: str = "code"
       config.loss_options[term] = ml_collections.ConfigDict(opts)
     if method.joint:
       config.task = "joint"
+    if config.get("model") is not None:  # a full experiment config (tests build bare ones)
+      config.model.head = method.head
 
 
 def active_terms(config: ml_collections.ConfigDict, task_index: int) -> list[tuple[str, float, dict[str, Any]]]:
@@ -309,4 +345,4 @@ def frozen_prefixes(method: Method, config: ml_collections.ConfigDict, task_inde
 
 
 # Importing the families registers their methods.
-from incseg_jax.methods import baselines, combos, ewf, ilt, mib, plop, rcil, recall, regularizers, sdr, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from incseg_jax.methods import baselines, combos, ewf, ilt, mib, plop, rcil, recall, regularizers, sdr, ssul, ucd  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -10,11 +10,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from incseg_jax.models.classifier import IncrementalClassifier
+from incseg_jax.models.classifier import IncrementalClassifier, SSULClassifier, ssul_scores
 from incseg_jax.models.deeplab import ASPPv2, ASPPv3
 from incseg_jax.models.resnet import ACTIVATIONS, BACKBONES, OUTPUT_STRIDES
 
 DECODERS = ('deeplab_v3', 'deeplab_v2')
+HEADS = ('linear', 'ssul')
 
 
 def default_atrous_rates(decoder: str, output_stride: int) -> tuple[int, ...]:
@@ -54,6 +55,8 @@ class SegModel(nn.Module):
       the model a `rcil` step trains, with a twin beside every 3x3 conv of the
       residual blocks and every 1x1 / atrous branch of the v3 ASPP (never set
       from the config: `models.rcil.two_branch_model`).
+    head: 'linear' (`IncrementalClassifier`) or 'ssul' (`SSULClassifier`:
+      the outputs then also hold `unknown_logits` and `scores`).
   """
 
   backbone: str = 'resnet101'
@@ -69,6 +72,7 @@ class SegModel(nn.Module):
   dtype: Any = jnp.float32
   activation: str = 'relu'
   rc_branches: Any = None
+  head: str = 'linear'
 
   @nn.compact
   def __call__(self, x, train: bool, valid=None):
@@ -86,7 +90,9 @@ class SegModel(nn.Module):
       Dict with `stages`, `stages_pre`, `encoder` (backbone),
       `aspp_branches`, `pre_logits` (B, h, w, aspp_channels), `logits_os`
       (B, h, w, N) at the output stride and `logits` (B, H, W, N) bilinearly
-      upsampled to the input size, N = sum(classes_per_step).
+      upsampled to the input size, N = sum(classes_per_step). With the 'ssul'
+      head also `unknown_logits` (B, H, W, 1) and `scores` (B, H, W, N), the
+      values a prediction takes the argmax of (`prediction_scores`).
     """
     _validate(self.backbone, self.decoder, self.output_stride, self.activation)
     kw = dict(output_stride=self.output_stride, bn_frozen=self.bn_frozen,
@@ -112,22 +118,35 @@ class SegModel(nn.Module):
     else:
       out.update(dec(out['encoder'], train))
 
-    logits_os = IncrementalClassifier(
-        tuple(self.classes_per_step), self.dtype,
-        name='classifier')(out['pre_logits']).astype(jnp.float32)
     b, h, w, _ = x.shape
+    upsample = lambda a: jax.image.resize(a, (b, h, w, a.shape[-1]), method='bilinear')
+    if self.head == 'ssul':
+      logits_os, unknown_os = SSULClassifier(tuple(self.classes_per_step), self.bn_frozen, self.dtype,
+                                             name='classifier')(out['pre_logits'], train)
+      out['unknown_logits'] = upsample(unknown_os.astype(jnp.float32))
+    else:
+      logits_os = IncrementalClassifier(tuple(self.classes_per_step), self.dtype,
+                                        name='classifier')(out['pre_logits'])
+    logits_os = logits_os.astype(jnp.float32)
     out['logits_os'] = logits_os
-    out['logits'] = jax.image.resize(
-        logits_os, (b, h, w, logits_os.shape[-1]), method='bilinear')
+    out['logits'] = upsample(logits_os)
+    if self.head == 'ssul':
+      out['scores'] = ssul_scores(out['logits'], out['unknown_logits'])
     # Every loss reads float32 (softmax, log-sum-exp, POD's and UCD's sums):
     # in low precision only the convolutions and activations are bfloat16 /
     # float16. Casts of outputs no loss reads are removed by XLA.
     return jax.tree.map(lambda a: a.astype(jnp.float32), out)
 
 
+def prediction_scores(outputs):
+  """What a prediction takes the argmax of: `scores` where the head defines them (SSUL), else `logits`."""
+  return outputs['scores'] if 'scores' in outputs else outputs['logits']
+
+
 def check_config(model_cfg) -> None:
   """Raises ValueError naming the `model.*` field that names no known architecture."""
   get = lambda name, default: getattr(model_cfg, name, default)
+  _validate_head(get('head', 'linear'))
   # Old configs have no model.activation: they meant torchvision's ReLU.
   _validate(get('backbone', None), get('decoder', None), get('output_stride', None), get('activation', 'relu'))
   _validate_dtype(get('dtype', 'float32'))
@@ -139,6 +158,11 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 def _validate_dtype(dtype) -> None:
   if str(dtype) not in DTYPES:
     raise ValueError(f'model.dtype={dtype!r} is unknown; expected one of {list(DTYPES)}')
+
+
+def _validate_head(head) -> None:
+  if head not in HEADS:
+    raise ValueError(f'model.head={head!r} is unknown; expected one of {list(HEADS)}')
 
 
 def _validate(backbone, decoder, output_stride, activation='relu'):
@@ -165,7 +189,7 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
       `decoder`, `output_stride` and optionally `aspp_channels` (256),
       `atrous_rates` (None), `small_width` (16), `small_blocks`
       ((1, 1, 1, 1)), `bn_frozen` (False), `aspp_dropout` (0.0), `dtype`
-      (float32), `activation` ('relu').
+      (float32), `activation` ('relu'), `head` ('linear').
     classes_per_step: classes added at each step up to the current one.
 
   Returns:
@@ -187,6 +211,9 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
                      'non-empty sequence of positive ints')
   rates = get('atrous_rates', None)
   _validate_dtype(get('dtype', 'float32'))
+  # Configs saved before model.head existed meant the 1x1 heads.
+  head = str(get('head', 'linear'))
+  _validate_head(head)
   return SegModel(
       backbone=backbone, decoder=decoder, classes_per_step=classes,
       output_stride=int(output_stride),
@@ -197,4 +224,4 @@ def build_model(model_cfg, classes_per_step) -> SegModel:
       bn_frozen=bool(get('bn_frozen', False)),
       aspp_dropout=float(get('aspp_dropout', 0.0)),
       dtype=jnp.dtype(get('dtype', 'float32')),
-      activation=str(activation))
+      activation=str(activation), head=head)

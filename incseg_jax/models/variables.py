@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from incseg_jax.models.classifier import IncrementalClassifier
+from incseg_jax.models.classifier import IncrementalClassifier, SSULHead
 
 
 def init_variables(model, rng, image_size, batch: int = 1):
@@ -76,7 +76,7 @@ def add_head(model, old_variables, rng, image_size):
   """Step k's variables from step k-1's: the old leaves plus one new head.
 
   Only the new head `classifier/head_k` is initialised (with the
-  classifier's own initialisers), instead of a full `init` of the grown
+  classifier's own initialisers; an SSUL head's BatchNorm statistics too), instead of a full `init` of the grown
   model: a full init compiles the whole network once more per task step,
   which costs seconds on CPU and minutes for ResNet-101. The result is
   checked against the grown model's variable shapes (`jax.eval_shape`).
@@ -99,13 +99,19 @@ def add_head(model, old_variables, rng, image_size):
   abstract = jax.eval_shape(lambda r, x: model.init(r, x, train=False), rng, x)
   k = len(model.classes_per_step) - 1
   name = f'head_{k}'
-  kernel = abstract['params']['classifier'][name]['kernel']
-  head = IncrementalClassifier((model.classes_per_step[-1],), model.dtype).init(
-      rng, jnp.zeros((1, 1, 1, kernel.shape[2]), jnp.float32))['params']['head_0']
+  if getattr(model, 'head', 'linear') == 'ssul':  # conv + BatchNorm: parameters and statistics
+    width = abstract['params']['classifier'][name]['conv']['kernel'].shape[2]
+    head = SSULHead(model.classes_per_step[-1], model.bn_frozen, model.dtype).init(
+        rng, jnp.zeros((1, 1, 1, width), jnp.float32), train=False)
+  else:
+    kernel = abstract['params']['classifier'][name]['kernel']
+    head = {'params': IncrementalClassifier((model.classes_per_step[-1],), model.dtype).init(
+        rng, jnp.zeros((1, 1, 1, kernel.shape[2]), jnp.float32))['params']['head_0']}
   new = jax.tree.map(np.asarray, flax.core.unfreeze(old_variables))
   if name in new.get('params', {}).get('classifier', {}):
     raise ValueError(f'old_variables already has classifier/{name}: not the previous step of this model')
-  new['params']['classifier'][name] = jax.tree.map(np.asarray, head)
+  for collection, values in head.items():
+    new.setdefault(collection, {}).setdefault('classifier', {})[name] = jax.tree.map(np.asarray, values)
   # Reuses grow_variables' checks: same paths, shapes and dtypes as a full init.
   return grow_variables(new, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
 
