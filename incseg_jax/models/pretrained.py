@@ -245,7 +245,7 @@ def validate(path: str, model_cfg, data_dir=None) -> None:
   path = resolve(path, model_cfg, data_dir)
   state_dict, layout, backbone, source = _prepare(path, model_cfg)
   # The backbone's variable shapes depend on neither the classes nor the
-  # input size.
-  abstract = abstract_variables(build_model(model_cfg, (1,)), 64)
+  # input size (two step-0 classes: SSUL's heads need a foreground one).
+  abstract = abstract_variables(build_model(model_cfg, (2,)), 64)
   resnet_names.check_fit(state_dict, _backbone_subtree(abstract, 'the model'), arch=backbone,
                          layout=layout, source=source)
