@@ -403,9 +403,10 @@ def is_finished(config, workdir: str) -> bool:
 
 
 def _error_line(e: BaseException) -> str:
-  text = str(e).strip()
-  first = text.splitlines()[0] if text else ""
-  return first if isinstance(e, runtime.EXPECTED_ERRORS) and first else f"{type(e).__name__}: {first}"
+  """The error on one line: a message that lists details below its first line keeps them ("a; b")."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  text = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "") if lines else ""
+  return text if isinstance(e, runtime.EXPECTED_ERRORS) and text else f"{type(e).__name__}: {text}"
 
 
 class _Finished:
@@ -470,12 +471,20 @@ class _Subprocess:
 
 
 def last_error_line(log_path: str) -> str:
-  """The last `error: ...` line of a run's log, else its last non-empty line."""
+  """The last `error: ...` line of a run's log with its indented detail lines joined ("a; b"), else its last
+  non-empty line."""
   with open(log_path, errors="replace") as f:
     f.seek(max(0, os.path.getsize(log_path) - 65536))
-    lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
-  errors = [ln for ln in lines if ln.startswith("error:")]
-  return (errors or lines or ["(no output)"])[-1]
+    lines = [ln.rstrip() for ln in f.read().splitlines() if ln.strip()]
+  starts = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+  if not starts:
+    return lines[-1].strip() if lines else "(no output)"
+  details = []
+  for ln in lines[starts[-1] + 1:]:
+    if not ln[:1].isspace():  # the message's detail lines are indented
+      break
+    details.append(ln.strip())
+  return lines[starts[-1]] + (" " + "; ".join(details) if details else "")
 
 
 def execute(runs: Sequence[Run], start: Callable[[Run], Any], parallel: int = 1,

@@ -225,9 +225,10 @@ def check_init_from(exp: experiment_lib.Experiment) -> str:
   theirs = config_lib.experiment_fields(other)
   pick = lambda d: {"dataset": d.get("dataset"), "model": d.get("model"),
                     "input.mean": d.get("input", {}).get("mean"), "input.std": d.get("input", {}).get("std")}
-  # A model field added since the other run was saved counts at its default.
+  # A model or dataset field added since the other run was saved counts at its default.
+  defaults = config_lib.defaults_dict()
   differences = files.json_diff(pick(theirs), pick(mine), elementwise=False,
-                                defaults={"model": config_lib.defaults_dict()["model"]})
+                                defaults={"model": defaults["model"], "dataset": defaults["dataset"]})
   counts = exp.train_split.pixel_counts.sum(0) if exp.train_split.pixel_counts is not None else None
   other_plan = experiment_lib.plan_only(other, exp.meta, counts)
   if other_plan.steps[0].new_classes != exp.plan.steps[0].new_classes:

@@ -186,10 +186,21 @@ def test_override_args_and_subprocess_command(tmp_path):
 
 def test_last_error_line(tmp_path):
   log = tmp_path / "sweep.log"
-  log.write_text("step 1\nerror: workdir x holds a different experiment\n  seed: 0 vs 1\n\n")
-  assert sweep.last_error_line(str(log)) == "error: workdir x holds a different experiment"
+  # The detail lines under the error (what differs) are kept, joined on one line.
+  log.write_text("step 1\nerror: workdir x holds a different experiment:\n  seed: 0 vs 1\n  task: 15-1 vs 15-5\n"
+                 "I1202 later log line\n\n")
+  assert sweep.last_error_line(str(log)) == ("error: workdir x holds a different experiment: seed: 0 vs 1; "
+                                             "task: 15-1 vs 15-5")
   log.write_text("Traceback\nRuntimeError: boom\n")
   assert sweep.last_error_line(str(log)) == "RuntimeError: boom"
+
+
+def test_an_in_process_error_keeps_its_details_on_one_line():
+  err = ValueError("config.init_from='b' is a different base model; differing (theirs vs ours):\n"
+                   "  dataset.saliency_dir: '<absent>' vs ''\n  model.small_width: 4 vs 8")
+  assert sweep._error_line(err) == ("config.init_from='b' is a different base model; differing (theirs vs ours): "
+                                    "dataset.saliency_dir: '<absent>' vs ''; model.small_width: 4 vs 8")
+  assert sweep._error_line(KeyError("x")) == "KeyError: 'x'"
 
 
 # ---------------------------------------------------------------------------

@@ -176,6 +176,14 @@ def test_init_from_reuses_a_base_model_and_checks_it(smoke_config, tmp_path):
   config.seed = 1  # would give a different step 0 if it were trained
   second = train.run(config, str(tmp_path / "shared"))
   assert second["steps"][0]["metrics"] == first["steps"][0]["metrics"]
+  # A run saved before a model or dataset field existed (model.head, dataset.saliency_dir) is still the
+  # same base model: the missing fields count at their defaults.
+  saved = json.load(open(os.path.join(base, "config.json")))
+  del saved["model"]["head"], saved["dataset"]["saliency_dir"]
+  with open(os.path.join(base, "config.json"), "w") as f:
+    json.dump(saved, f)
+  third = train.run(config, str(tmp_path / "shared_old"))
+  assert third["steps"][0]["metrics"] == first["steps"][0]["metrics"]
   other = two_step_config(smoke_config)
   other.init_from = base
   other.model.small_width = 4
