@@ -231,7 +231,9 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
   new_pos = t * n_new + host * new_local + j
   src = is_rep.astype(np.int32)
   idx = np.zeros(len(positions), np.int64)
-  rclass = np.zeros(len(positions), np.int32)
+  # Per sample, what its extra slot needs: a replay image's channel, or a memory image's label-table row
+  # (a row of `luts`); 0 for the step's own images.
+  slot_value = np.zeros(len(positions), np.int32)
   own = ~is_rep
   if own.any():
     seq = sample_sequence(indices, seed=seed, task_index=task_index, start=start_step * n_new,
@@ -249,10 +251,10 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
     if replay is not None:
       replay_images = replay[0]
       replay_labels = replay[3] if len(replay) > 3 else None
-      rclass[is_rep] = extra_values[pick]
+      slot_value[is_rep] = extra_values[pick]
     else:  # memory: its label table, after the step's own (id 0)
       src[is_rep] = 2
-      rclass[is_rep] = 1 + np.asarray(extra_values)[pick]
+      slot_value[is_rep] = 1 + np.asarray(extra_values)[pick]
       luts = np.concatenate([luts, np.asarray(memory[2], np.uint8)])
   images, labels = split.images, split.labels
   luts_t = tf.constant(luts, tf.uint8)
@@ -266,13 +268,13 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
       return pair
     return pair + ((saliency[i] if s == 0 else b""),)
 
-  def load(s, i, pos, rc):
+  def load(s, i, pos, value):
     fetched = tf.numpy_function(fetch, [s, i], (tf.string,) * (2 if saliency is None else 3), stateful=False)
     image_b, label_b = fetched[:2]
     image = tf.io.decode_image(image_b, channels=3, expand_animations=False)
     # A replay image has no mask: label 0 on its pixels, labelled in the train step. A memory image is
-    # labelled by the table it was stored with (its row in `luts`, carried in `rc`), the step's own by row 0.
-    table = tf.where(s == 2, rc, 0)
+    # labelled by the table it was stored with (its row in `luts`, carried in `value`), the step's own by row 0.
+    table = tf.where(s == 2, value, 0)
     if replay_labels is None:
       label = tf.cond(s == 1, lambda: tf.zeros_like(image[..., :1]),
                       lambda: tf.gather(luts_t[table], tf.cast(tf.io.decode_png(label_b, channels=1), tf.int32)))
@@ -289,12 +291,12 @@ def train_batches(split: EncodedSplit, indices: np.ndarray, lut: np.ndarray, inp
       image, label, sal = augment(image, label, key, saliency=sal, **kwargs)
     out = {"image": _normalise(image, input_cfg.mean, input_cfg.std), "label": tf.cast(label, tf.int32)}
     if replay is not None:
-      out["replay_class"] = rc
+      out["replay_class"] = value
     if saliency is not None:
       out["saliency"] = sal
     return out
 
-  ds = tf.data.Dataset.from_tensor_slices((src, idx, positions, rclass))
+  ds = tf.data.Dataset.from_tensor_slices((src, idx, positions, slot_value))
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
