@@ -50,7 +50,9 @@ class StepSpec:
       matching prefix wins).
     frozen: parameter-path prefixes of `train_model` that receive no update in
       this step (the method's, its train variant's and `config.freeze` after
-      step 0; every BatchNorm with `model.bn_frozen`).
+      step 0; every BatchNorm with `model.bn_frozen`, or after step 0 with
+      the method's `freeze_batchnorm`, which also makes `train_model` run
+      its BatchNorm on running statistics).
     terms: (name, weight, options) of the loss terms this step trains with.
     states: (term name, `losses.state.StateRule`, options) of the terms that
       carry state: every stateful term of `config.losses` with a nonzero
