@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 from incseg_jax.losses import ssul as _ssul_losses  # noqa: F401  (registers the term)
@@ -84,7 +85,7 @@ def ssul_head_init(teacher_variables: Mapping[str, Any], student_variables: Mapp
   n_new = np.asarray(classifier[name]["logits"]["kernel"]).shape[-1]
   if n_new != len(task_step.new_channels):
     raise ValueError(f"ssul_head_init: {name} has {n_new} channels, step {k} adds {len(task_step.new_channels)}")
-  copy = lambda tree: {key: (copy(v) if isinstance(v, Mapping) else np.array(v, copy=True)) for key, v in tree.items()}
+  copy = lambda tree: jax.tree.map(lambda a: np.array(a, copy=True), dict(tree))
   head = copy({"conv": unknown["conv"], "bn": unknown["bn"]})
   head["logits"] = {"kernel": np.repeat(np.asarray(unknown["logits"]["kernel"]), n_new, axis=-1),
                     "bias": np.repeat(np.asarray(unknown["logits"]["bias"]), n_new, axis=-1)}
