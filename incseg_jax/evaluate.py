@@ -5,6 +5,14 @@
 Reads the run's saved config and the step's orbax checkpoint, recomputes the
 metrics on the evaluation split and prints them (per-class IoU and the
 old / new / all summary).
+
+  python -m incseg_jax.evaluate --workdir=/tmp/run1 --step=1 --classifier_from_step=0
+
+evaluates step 1's network with the classifier of step 0 put back where
+step 1 has the same heads (step 1's new heads kept): a diagnostic of where
+forgetting lies. If the old classes come back, step 1 kept features the old
+heads can still read and forgot in its classifier; if they do not, the
+features moved.
 """
 
 import json
@@ -12,6 +20,8 @@ import os
 
 from absl import app
 from absl import flags
+import jax
+import jax.numpy as jnp
 
 from incseg_jax import checkpointing
 from incseg_jax import evaluation
@@ -26,16 +36,49 @@ _STEP = flags.DEFINE_integer("step", None, "Task step to evaluate (default: the 
 _JSON = flags.DEFINE_string("json", "", "Also write the metrics to this JSON file.")
 _SPLIT = flags.DEFINE_string("split", "", "Evaluation split (default: the run's config.dataset.eval_split), e.g. "
                              "test for shapes' held-out split.")
+_CLASSIFIER_FROM = flags.DEFINE_integer(
+    "classifier_from_step", None, "Diagnostic: evaluate with the classifier parameters of this earlier task step of "
+    "the same run put back (every classifier entry that step has; the later steps' heads kept).")
 flags.mark_flags_as_required(["workdir"])
 
 
-def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> dict:
+def with_classifier_of(variables: dict, donor: dict) -> dict:
+  """`variables` whose classifier entries that `donor` also has are `donor`'s.
+
+  Entries are the classifier's sub-modules (`head_0`, `head_1`, ...; SSUL's
+  background / unknown heads) in every collection (params, batch_stats);
+  those only `variables` has (the later steps' heads) stay.
+
+  Raises:
+    ValueError: a shared entry whose shapes differ (not the same network).
+  """
+  out = {}
+  for col, tree in variables.items():
+    tree = dict(tree)
+    if "classifier" in tree and "classifier" in donor.get(col, {}):
+      classifier = dict(tree["classifier"])
+      for name, sub in donor[col]["classifier"].items():
+        if name in classifier:
+          mine = jax.tree.map(jnp.shape, classifier[name])
+          if mine != jax.tree.map(jnp.shape, sub):
+            raise ValueError(f"classifier entry {col}/{name}: shapes {jax.tree.map(jnp.shape, sub)} in the "
+                             f"donor step, {mine} here")
+          classifier[name] = sub
+      tree["classifier"] = classifier
+    out[col] = tree
+  return out
+
+
+def evaluate(workdir: str, task_index: int | None = None, split: str = "",
+             classifier_from_step: int | None = None) -> dict:
   """Restores task step `task_index` of the run in `workdir` and evaluates it.
 
   Args:
     workdir: a run's workdir.
     task_index: the task step (None: the last finished one).
     split: the evaluation split ("": the one the run evaluated on).
+    classifier_from_step: an earlier (or the same) task step of the run whose
+      classifier entries replace step `task_index`'s (`with_classifier_of`).
 
   Raises:
     ValueError: no run there, the step does not exist / has no checkpoint, or
@@ -61,6 +104,14 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> di
   mesh = sharding.make_mesh()
   spec = exp.step(task_index)
   variables = workdir_lib.restore_step(exp, workdir, task_index, mesh)
+  if classifier_from_step is not None:
+    if not 0 <= classifier_from_step <= task_index:
+      raise ValueError(f"--classifier_from_step={classifier_from_step}: expected a task step in 0..{task_index}")
+    if not os.path.isdir(checkpointing.task_dir(workdir, classifier_from_step)):
+      raise ValueError(f"--classifier_from_step={classifier_from_step}: no checkpoint for this task step in "
+                       f"{workdir}")
+    variables = with_classifier_of(variables, workdir_lib.restore_step(exp, workdir, classifier_from_step, mesh))
+    print(f"task step {task_index} with the classifier of task step {classifier_from_step} (diagnostic)")
   metrics = evaluation.evaluate_step(exp, spec, variables, mesh)
   done = checkpointing.read_done(workdir, task_index) if checkpointing.is_done(workdir, task_index) else {}
   record = reporting.step_record(exp, spec, metrics, train_seconds=0.0, skipped_batches=done.get("skipped_batches", 0))
@@ -73,7 +124,7 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "") -> di
 def main(argv):
   runtime.setup_command(argv)
   with runtime.clear_errors():
-    record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value)
+    record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _CLASSIFIER_FROM.value)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(record, f, indent=1)

@@ -102,7 +102,8 @@ def test_dilations(decoder, output_stride, rates, expected):
   model = SegModel(backbone='resnet_small', decoder=decoder,
                    classes_per_step=(2,), output_stride=output_stride,
                    aspp_channels=8, atrous_rates=rates)
-  x = jnp.zeros((1, SIZE, SIZE, 3))
+  # Traced only: large enough that no atrous tap reads padding alone (conv2d cuts those).
+  x = jnp.zeros((1, 600, 600, 3))
   jaxpr = jax.make_jaxpr(
       lambda r, x: model.init_with_output(r, x, train=False))(
           jax.random.key(0), x).jaxpr
@@ -338,3 +339,67 @@ def test_masked_image_pooling_pools_only_the_real_extent():
   out = model.apply(v, x, train=False, valid=half)
   feats = plain['encoder'][:, :3]
   np.testing.assert_allclose(out['aspp_branches'][-1][:, 0, 0], _pooled_branch(v, feats), rtol=1e-5, atol=1e-5)
+
+
+def _numpy_conv(x, kernel, stride, dilation):
+  """float64 convolution straight from the definition, torch's padding."""
+  b, h, w, c = x.shape
+  k = kernel.shape[0]
+  pad = dilation * (k - 1) // 2
+  xp = np.zeros((b, h + 2 * pad, w + 2 * pad, c))
+  xp[:, pad:pad + h, pad:pad + w] = x
+  ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+  out = np.zeros((b, ho, wo, kernel.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      patch = xp[:, i * dilation:i * dilation + stride * (ho - 1) + 1:stride,
+                 j * dilation:j * dilation + stride * (wo - 1) + 1:stride]
+      out += patch @ kernel[i, j]
+  return out
+
+
+# (height, width, kernel, stride, dilation): 1x1 (stride 1, 2: a dot), atrous taps that
+# read only padding in both / one dimension (cut), taps that read some of the map (kept),
+# the stem's 7x7 stride 2, an even kernel and odd sizes.
+_CONV_CASES = [(8, 8, 1, 1, 1), (9, 7, 1, 2, 1), (8, 8, 3, 1, 18), (8, 8, 3, 1, 12), (8, 8, 3, 1, 6),
+               (5, 9, 3, 1, 6), (8, 8, 3, 1, 7), (8, 8, 3, 1, 8), (9, 9, 3, 2, 1), (33, 31, 7, 2, 1),
+               (6, 6, 5, 1, 2), (4, 5, 2, 1, 3)]
+
+
+@pytest.mark.parametrize('h,w,k,stride,dilation', _CONV_CASES)
+def test_conv_is_nn_conv(h, w, k, stride, dilation):
+  """`Conv` = nn.Conv with torch's padding: same parameters, outputs and gradients.
+
+  Its 1x1-as-dot and cut-tap rewrites are checked against a float64 NumPy
+  convolution written from the definition and against nn.Conv's gradients.
+  """
+  from incseg_jax.models.resnet import KAIMING_NORMAL, Conv
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(1), (2, h, w, 5))
+  pad = dilation * (k - 1) // 2
+  ref = nn.Conv(4, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                kernel_dilation=(dilation, dilation), use_bias=False, kernel_init=KAIMING_NORMAL)
+  mine = Conv(4, k, stride, dilation)
+  v_ref = ref.init(jax.random.key(0), x)
+  v = mine.init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v, v_ref)  # same names, shapes and initial values
+  want = _numpy_conv(np.asarray(x, np.float64), np.asarray(v['params']['kernel'], np.float64), stride, dilation)
+  got = mine.apply(v, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ref.apply(v_ref, x), want, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  grads = lambda m: jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * cotangent), argnums=(0, 1))(v, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads(mine), grads(ref))
+
+
+def test_conv_cuts_taps_that_read_only_padding():
+  """An ASPP rate of 18 on an 8x8 map is a dot; rate 6 keeps its 3x3 kernel; rate 12 on 8x16 keeps 1x3."""
+  from incseg_jax.models.resnet import conv2d
+  def convs(h, w, dilation):
+    jaxpr = jax.make_jaxpr(lambda x, k: conv2d(x, k, 1, dilation))(jnp.zeros((1, h, w, 4)), jnp.zeros((3, 3, 4, 2)))
+    return [(e.primitive.name, e.invars[1].aval.shape[:2] if e.primitive.name == 'conv_general_dilated' else None)
+            for e in jaxpr.jaxpr.eqns if e.primitive.name in ('conv_general_dilated', 'dot_general')]
+  assert convs(8, 8, 18) == [('dot_general', None)]
+  assert convs(8, 8, 6) == [('conv_general_dilated', (3, 3))]
+  assert convs(8, 16, 12) == [('conv_general_dilated', (1, 3))]

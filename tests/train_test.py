@@ -46,6 +46,27 @@ def test_run_writes_results_and_evaluate_reproduces(smoke_config, tmp_path):
   assert held_out["task_step"] == 1 and held_out["metrics"]["miou"] != record["metrics"]["miou"]
   with pytest.raises(ValueError, match="split 'nope' not in dataset shapes"):
     evaluate.evaluate(workdir, split="nope")
+  # The classifier diagnostic: a step's own classifier changes nothing; a later step is refused.
+  assert evaluate.evaluate(workdir, 1, classifier_from_step=1)["metrics"] == record["metrics"]
+  assert evaluate.evaluate(workdir, 1, classifier_from_step=0)["task_step"] == 1
+  with pytest.raises(ValueError, match=r"--classifier_from_step=1: expected a task step in 0..0"):
+    evaluate.evaluate(workdir, 0, classifier_from_step=1)
+
+
+def test_with_classifier_of_replaces_the_shared_heads_only():
+  a = lambda v: np.full((1, 1, 4, 2), v, np.float32)
+  later = {"params": {"backbone": {"w": a(1)}, "classifier": {"head_0": {"kernel": a(1)}, "head_1": {"kernel": a(1)}}},
+           "batch_stats": {"backbone": {"mean": a(1)}}}
+  earlier = {"params": {"backbone": {"w": a(0)}, "classifier": {"head_0": {"kernel": a(0)}}},
+             "batch_stats": {"backbone": {"mean": a(0)}}}
+  out = evaluate.with_classifier_of(later, earlier)
+  assert out["params"]["classifier"]["head_0"]["kernel"][0, 0, 0, 0] == 0  # the earlier step's head
+  assert out["params"]["classifier"]["head_1"]["kernel"][0, 0, 0, 0] == 1  # the later step's new head stays
+  assert out["params"]["backbone"]["w"][0, 0, 0, 0] == 1 and out["batch_stats"]["backbone"]["mean"][0, 0, 0, 0] == 1
+  assert later["params"]["classifier"]["head_0"]["kernel"][0, 0, 0, 0] == 1  # the input is not modified
+  wrong = {"params": {"classifier": {"head_0": {"kernel": np.zeros((1, 1, 4, 3), np.float32)}}}}
+  with pytest.raises(ValueError, match="classifier entry params/head_0: shapes"):
+    evaluate.with_classifier_of(later, wrong)
 
 
 def test_head_growth_copies_old_params(smoke_config, tmp_path):

@@ -30,6 +30,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+from jax import lax
 import jax.numpy as jnp
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
@@ -68,13 +69,83 @@ def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
 
   Explicit padding (instead of 'SAME') keeps spatial sizes identical to the
   torchvision reference for odd input sizes, which matters when porting
-  checkpoints.
+  checkpoints. The module is `Conv` (nn.Conv's parameter layout).
   """
-  pad = dilation * (kernel - 1) // 2
-  return nn.Conv(
-      features, (kernel, kernel), strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-      use_bias=False, kernel_init=KAIMING_NORMAL, dtype=dtype, name=name)
+  return Conv(features, kernel, stride, dilation, dtype=dtype, name=name)
+
+
+class Conv(nn.Module):
+  """Bias-free square 2-D convolution with nn.Conv's parameters.
+
+  The parameter is nn.Conv's `kernel` (HWIO, drawn by `KAIMING_NORMAL` from
+  the same rng), so checkpoints, the torchvision import and a model built
+  with nn.Conv are interchangeable; the computation is `conv2d`'s.
+
+  Attributes:
+    features: output channels.
+    kernel_size: height and width of the kernel.
+    stride: spatial stride.
+    dilation: spatial dilation; the padding is `dilation*(k-1)//2` per side.
+    dtype: computation dtype (the kernel is stored in float32).
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', KAIMING_NORMAL, (k, k, x.shape[-1], self.features), jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return conv2d(x, kernel, self.stride, self.dilation)
+
+
+def conv2d(x, kernel, stride=1, dilation=1):
+  """`x` (B, H, W, C) convolved with `kernel` (k, k, C, F), torch's padding.
+
+  Two rewrites give the same function and gradients as the plain
+  convolution with padding `dilation*(k-1)//2`, faster where XLA's CPU
+  convolution is slow (docs/benchmarks.md, "Where the time goes"):
+  * a 1x1 kernel is a matrix product over the channels (of every `stride`-th
+    position): as a dot, the weight gradient needs no layout copy of the
+    activations;
+  * with stride 1, a tap whose offset `|j - centre| * dilation` is at least
+    the feature map's size reads only zero padding at every output position,
+    so it is cut from the kernel (an ASPP rate of 12 or 18 on an 8 x 8 map
+    keeps only its centre tap); the padding shrinks with it, so the output
+    size is unchanged.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (k, k, C, F) kernel.
+    stride: spatial stride.
+    dilation: spatial dilation.
+
+  Returns:
+    (B, H', W', F), H' = (H + 2p - dilation*(k-1) - 1) // stride + 1.
+  """
+  k = kernel.shape[0]
+  if k % 2 == 0:  # torch's padding for an even kernel: dilation*(k-1)//2 per side, no cut
+    padding = [(dilation * (k - 1) // 2,) * 2] * 2
+  else:
+    centre = (k - 1) // 2
+    padding = []
+    for axis in (0, 1):
+      keep = centre
+      if stride == 1:
+        keep = min(centre, (x.shape[1 + axis] - 1) // dilation)
+      if keep < centre:
+        kernel = lax.slice_in_dim(kernel, centre - keep, centre + keep + 1, axis=axis)
+      padding.append((keep * dilation, keep * dilation))
+  if kernel.shape[:2] == (1, 1):
+    if stride > 1:
+      x = x[:, ::stride, ::stride]
+    return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
