@@ -124,6 +124,14 @@ def test_methods_registered_checks_loss_names():
   assert "test_unknown_loss" not in methods.names()
 
 
+@pytest.mark.parametrize("field,value", [("incremental_lr", "base"), ("unseen_eval", "bg"), ("head", "mlp")])
+def test_methods_registered_checks_field_values(field, value):
+  method = methods.Method(name="test_bad_field", losses={"ce": 1.0}, **{field: value})
+  with pytest.raises(ValueError, match=rf"method 'test_bad_field': {field}={value!r} is unknown; expected one of"):
+    with methods.registered(method):
+      pass
+
+
 def _zero_loss(inputs, **options):
   del inputs, options
   return 0.0
