@@ -20,12 +20,11 @@ import os
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
 
 from incseg_jax import checkpointing
 from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
+from incseg_jax import models
 from incseg_jax import reporting
 from incseg_jax import runtime
 from incseg_jax import sharding
@@ -47,26 +46,16 @@ def with_classifier_of(variables: dict, donor: dict) -> dict:
 
   Entries are the classifier's sub-modules (`head_0`, `head_1`, ...; SSUL's
   background / unknown heads) in every collection (params, batch_stats);
-  those only `variables` has (the later steps' heads) stay.
+  those only `variables` has (the later steps' heads) stay. The copy is
+  `models.grow_variables`' (the head growth between task steps), restricted
+  to the donor's classifier.
 
   Raises:
-    ValueError: a shared entry whose shapes differ (not the same network).
+    ValueError: a shared entry whose shape or dtype differs, or a donor entry
+      that `variables` lacks (not an earlier step of the same network).
   """
-  out = {}
-  for col, tree in variables.items():
-    tree = dict(tree)
-    if "classifier" in tree and "classifier" in donor.get(col, {}):
-      classifier = dict(tree["classifier"])
-      for name, sub in donor[col]["classifier"].items():
-        if name in classifier:
-          mine = jax.tree.map(jnp.shape, classifier[name])
-          if mine != jax.tree.map(jnp.shape, sub):
-            raise ValueError(f"classifier entry {col}/{name}: shapes {jax.tree.map(jnp.shape, sub)} in the "
-                             f"donor step, {mine} here")
-          classifier[name] = sub
-      tree["classifier"] = classifier
-    out[col] = tree
-  return out
+  donor_classifier = {col: {"classifier": tree["classifier"]} for col, tree in donor.items() if "classifier" in tree}
+  return models.grow_variables(donor_classifier, variables)
 
 
 def evaluate(workdir: str, task_index: int | None = None, split: str = "",
@@ -99,17 +88,14 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
     task_index = finished[-1]
   if not 0 <= task_index < n:
     raise ValueError(f"--step={task_index}: the run has task steps 0..{n - 1}")
-  if not os.path.isdir(checkpointing.task_dir(workdir, task_index)):
-    raise ValueError(f"--step={task_index}: no checkpoint for this task step in {workdir}")
+  _check_checkpoint(workdir, task_index, "--step")
   mesh = sharding.make_mesh()
   spec = exp.step(task_index)
   variables = workdir_lib.restore_step(exp, workdir, task_index, mesh)
   if classifier_from_step is not None:
     if not 0 <= classifier_from_step <= task_index:
       raise ValueError(f"--classifier_from_step={classifier_from_step}: expected a task step in 0..{task_index}")
-    if not os.path.isdir(checkpointing.task_dir(workdir, classifier_from_step)):
-      raise ValueError(f"--classifier_from_step={classifier_from_step}: no checkpoint for this task step in "
-                       f"{workdir}")
+    _check_checkpoint(workdir, classifier_from_step, "--classifier_from_step")
     variables = with_classifier_of(variables, workdir_lib.restore_step(exp, workdir, classifier_from_step, mesh))
     print(f"task step {task_index} with the classifier of task step {classifier_from_step} (diagnostic)")
   metrics = evaluation.evaluate_step(exp, spec, variables, mesh)
@@ -119,6 +105,11 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
   print(reporting.step_line(record))
   print(reporting.per_class_table(res))
   return record
+
+
+def _check_checkpoint(workdir: str, task_index: int, flag: str) -> None:
+  if not os.path.isdir(checkpointing.task_dir(workdir, task_index)):
+    raise ValueError(f"{flag}={task_index}: no checkpoint for this task step in {workdir}")
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 
 from incseg_jax.models import SegModel, add_head, build_model, grow_variables
 from incseg_jax.models import init_variables
+from incseg_jax.models.resnet import KAIMING_NORMAL, Conv, conv2d
 from incseg_jax.models.segmodel import default_atrous_rates
 
 SIZE = 33  # odd on purpose: checks the ceil(H / stride) padding convention
@@ -374,8 +376,6 @@ def test_conv_is_nn_conv(h, w, k, stride, dilation):
   Its 1x1-as-dot and cut-tap rewrites are checked against a float64 NumPy
   convolution written from the definition and against nn.Conv's gradients.
   """
-  from incseg_jax.models.resnet import KAIMING_NORMAL, Conv
-  import flax.linen as nn
   x = jax.random.normal(jax.random.key(1), (2, h, w, 5))
   pad = dilation * (k - 1) // 2
   ref = nn.Conv(4, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
@@ -395,7 +395,6 @@ def test_conv_is_nn_conv(h, w, k, stride, dilation):
 
 def test_conv_cuts_taps_that_read_only_padding():
   """An ASPP rate of 18 on an 8x8 map is a dot; rate 6 keeps its 3x3 kernel; rate 12 on 8x16 keeps 1x3."""
-  from incseg_jax.models.resnet import conv2d
   def convs(h, w, dilation):
     jaxpr = jax.make_jaxpr(lambda x, k: conv2d(x, k, 1, dilation))(jnp.zeros((1, h, w, 4)), jnp.zeros((3, 3, 4, 2)))
     return [(e.primitive.name, e.invars[1].aval.shape[:2] if e.primitive.name == 'conv_general_dilated' else None)

@@ -8,6 +8,9 @@ import pytest
 
 from incseg_jax import checkpointing
 from incseg_jax import evaluate
+from incseg_jax import evaluation
+from incseg_jax import experiment
+from incseg_jax import sharding
 from incseg_jax import train
 from incseg_jax import workdir as workdir_lib
 from incseg_jax.data import pipeline
@@ -48,7 +51,17 @@ def test_run_writes_results_and_evaluate_reproduces(smoke_config, tmp_path):
     evaluate.evaluate(workdir, split="nope")
   # The classifier diagnostic: a step's own classifier changes nothing; a later step is refused.
   assert evaluate.evaluate(workdir, 1, classifier_from_step=1)["metrics"] == record["metrics"]
-  assert evaluate.evaluate(workdir, 1, classifier_from_step=0)["task_step"] == 1
+  # Step 0's classifier on step 1's network: what evaluating those spliced variables gives.
+  exp = experiment.build(workdir_lib.read_config(workdir))
+  mesh = sharding.make_mesh()
+  spliced = evaluate.with_classifier_of(workdir_lib.restore_step(exp, workdir, 1, mesh),
+                                        workdir_lib.restore_step(exp, workdir, 0, mesh))
+  own = workdir_lib.restore_step(exp, workdir, 1, mesh)["params"]["classifier"]["head_0"]["kernel"]
+  assert not np.array_equal(spliced["params"]["classifier"]["head_0"]["kernel"], own)  # step 1 trained head_0
+  want = evaluation.evaluate_step(exp, exp.step(1), spliced, mesh)
+  got = evaluate.evaluate(workdir, 1, classifier_from_step=0)["metrics"]
+  assert (got["miou"], got["miou_old"], got["miou_new"]) == pytest.approx((want["miou"], want["miou_old"],
+                                                                           want["miou_new"]))
   with pytest.raises(ValueError, match=r"--classifier_from_step=1: expected a task step in 0..0"):
     evaluate.evaluate(workdir, 0, classifier_from_step=1)
 
@@ -65,7 +78,7 @@ def test_with_classifier_of_replaces_the_shared_heads_only():
   assert out["params"]["backbone"]["w"][0, 0, 0, 0] == 1 and out["batch_stats"]["backbone"]["mean"][0, 0, 0, 0] == 1
   assert later["params"]["classifier"]["head_0"]["kernel"][0, 0, 0, 0] == 1  # the input is not modified
   wrong = {"params": {"classifier": {"head_0": {"kernel": np.zeros((1, 1, 4, 3), np.float32)}}}}
-  with pytest.raises(ValueError, match="classifier entry params/head_0: shapes"):
+  with pytest.raises(ValueError, match="shape mismatch at params/classifier/head_0/kernel"):
     evaluate.with_classifier_of(later, wrong)
 
 
@@ -74,7 +87,6 @@ def test_head_growth_copies_old_params(smoke_config, tmp_path):
   config = two_step_config(smoke_config)
   config.schedule.inc_length = 1
   train.run(config, workdir)
-  from incseg_jax import experiment, sharding  # pylint: disable=g-import-not-at-top
   exp = experiment.build(config)
   mesh = sharding.make_mesh()
   step0 = workdir_lib.restore_step(exp, workdir, 0, mesh)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 import ml_collections
 
 from incseg_jax import losses as losses_lib
+from incseg_jax import tasks
 from incseg_jax.models import segmodel
 
 # (teacher_variables, student_variables, task_step) -> student_variables.
@@ -154,14 +155,13 @@ CLASSIFICATION_TERMS = ("ce", "unbiased_ce", "plop_ce", "bce", "icarl")
 CONVENTION_NAMES = ("code", "paper")
 
 
-# The values of Method's string fields other than `head` (models.segmodel.HEADS).
+# The values of `Method.incremental_lr` (`unseen_eval`'s are tasks.UNSEEN_EVAL, `head`'s models.segmodel.HEADS).
 INCREMENTAL_LRS = ("inc_lr", "base_lr")
-UNSEEN_EVALS = ("ignore", "background")
 
 
 def _check(method: Method) -> None:
   """Raises ValueError for an unknown loss name or field value, or options of an unused term."""
-  for field, allowed in (("incremental_lr", INCREMENTAL_LRS), ("unseen_eval", UNSEEN_EVALS),
+  for field, allowed in (("incremental_lr", INCREMENTAL_LRS), ("unseen_eval", tasks.UNSEEN_EVAL),
                          ("head", segmodel.HEADS)):
     if getattr(method, field) not in allowed:
       raise ValueError(f"method {method.name!r}: {field}={getattr(method, field)!r} is unknown; expected one of "
