@@ -150,6 +150,7 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     checkpointing.CheckpointMismatchError: the step's checkpoints are another
       experiment's.
   """
+  began = time.perf_counter()
   cfg = exp.config
   k, num_steps = spec.index, spec.num_train_steps
   base_key = jax.random.fold_in(jax.random.key(cfg.seed), k)
@@ -209,7 +210,7 @@ def train_task_step(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpe
     if exp.method.prepare is not None and k > 0:
       extras = sharding.put_replicated(_prepare(exp, spec, teacher_vars, mesh), mesh)
     state = _train_loop(exp, spec, state, teacher_vars, extras, ckpt, start, writer, global_offset, step_fn,
-                        base_key, mesh, hooks)
+                        base_key, mesh, hooks, began)
   if ckpt.latest_step() != num_steps:
     if exp.method.train_variant is not None:
       # The step's final checkpoint is the merged (plain) model: the evaluation,
@@ -345,8 +346,14 @@ def _prepare(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, teac
 
 
 def _train_loop(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, state, teacher_vars, extras, ckpt,
-                start: int, writer, global_offset: int, step_fn, base_key, mesh, hooks: hooks_lib.Hooks):
-  """Train steps [start, num_steps) with logging, periodic checkpoints and the non-finite guard."""
+                start: int, writer, global_offset: int, step_fn, base_key, mesh, hooks: hooks_lib.Hooks,
+                began: float):
+  """Train steps [start, num_steps) with logging, periodic checkpoints and the non-finite guard.
+
+  Prints once how long after `began` (`time.perf_counter()` when the task
+  step began) its first train step finished: variables, the step's compile
+  (or its read from the persistent cache), the first batch and the step.
+  """
   cfg = exp.config
   k, num_steps = spec.index, spec.num_train_steps
   batches = exp.train_batches(spec, start, num_steps)
@@ -357,6 +364,10 @@ def _train_loop(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, s
   for step in range(start, num_steps):
     state, metrics = step_fn(state, teacher_vars, sharding.put_batch(next(batches), mesh), base_key, extras)
     done = step + 1
+    if step == start:  # one wait, so the figure includes the first step's own run
+      jax.block_until_ready(metrics["loss"])
+      print(f"  task {k}: first train step done {time.perf_counter() - began:.1f} s after the task step began "
+            "(variables, compile or compilation cache, first batch)", flush=True)
     guard.push(done, metrics)
     hooks.after_train_step(k, done)
     report(done)

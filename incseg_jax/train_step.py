@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -45,7 +46,9 @@ class TrainState(struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
-  skipped: jax.Array = 0
+  # A strong int32 like the step's output: a weak-typed 0 would make the
+  # second call of the jitted step trace and compile it again.
+  skipped: jax.Array = np.int32(0)
   method_state: Any = None
 
 

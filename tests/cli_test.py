@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,8 @@ def test_main_evaluate_compare(shapes_data_dir, tmp_path):
   out = run(["incseg_jax.main", "--config=configs/shapes.py:task=19-1,method=ft,setting=disjoint,runlocal",
              f"--workdir={workdir}", "--config.schedule.inc_length=1"], shapes_data_dir)
   assert "task step 1 (+teal_circle" in out.stdout and "| step |" in out.stdout
+  for k in (0, 1):  # each task step says how long it took to start training
+    assert re.search(rf"task {k}: first train step done \d+\.\d s after the task step began", out.stdout)
   with open(os.path.join(workdir, "results.json")) as f:
     res = json.load(f)
   assert res["setting"] == "disjoint" and res["steps"][1]["num_train_steps"] == 1

@@ -10,9 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from incseg_jax.benchmarks import conv_taps
 from incseg_jax.models import SegModel, add_head, build_model, grow_variables
 from incseg_jax.models import init_variables
-from incseg_jax.models.resnet import KAIMING_NORMAL, Conv, conv2d
+from incseg_jax.models import resnet
+from incseg_jax.models.resnet import KAIMING_NORMAL, TAP_READ_FRACTION, Conv, conv2d, tap_read_fraction
 from incseg_jax.models.segmodel import default_atrous_rates
 
 SIZE = 33  # odd on purpose: checks the ceil(H / stride) padding convention
@@ -104,8 +106,9 @@ def test_dilations(decoder, output_stride, rates, expected):
   model = SegModel(backbone='resnet_small', decoder=decoder,
                    classes_per_step=(2,), output_stride=output_stride,
                    aspp_channels=8, atrous_rates=rates)
-  # Traced only: large enough that no atrous tap reads padding alone (conv2d cuts those).
-  x = jnp.zeros((1, 600, 600, 3))
+  # Traced only: large enough that every atrous tap reads most of the map (conv2d
+  # cuts the taps that read only padding and computes mostly-padding kernels tap by tap).
+  x = jnp.zeros((1, 1200, 1200, 3))
   jaxpr = jax.make_jaxpr(
       lambda r, x: model.init_with_output(r, x, train=False))(
           jax.random.key(0), x).jaxpr
@@ -362,20 +365,24 @@ def _numpy_conv(x, kernel, stride, dilation):
 
 
 # (height, width, kernel, stride, dilation): 1x1 (stride 1, 2: a dot), atrous taps that
-# read only padding in both / one dimension (cut), taps that read some of the map (kept),
-# the stem's 7x7 stride 2, an even kernel and odd sizes.
+# read only padding in both / one dimension (cut), taps that read some of the map (kept:
+# one product per tap where at most half the products read the map, e.g. rate 6 or 7 on
+# 8x8 and the 5x5 kernel), the stem's 7x7 stride 2, an even kernel and odd sizes.
 _CONV_CASES = [(8, 8, 1, 1, 1), (9, 7, 1, 2, 1), (8, 8, 3, 1, 18), (8, 8, 3, 1, 12), (8, 8, 3, 1, 6),
                (5, 9, 3, 1, 6), (8, 8, 3, 1, 7), (8, 8, 3, 1, 8), (9, 9, 3, 2, 1), (33, 31, 7, 2, 1),
                (6, 6, 5, 1, 2), (4, 5, 2, 1, 3)]
 
 
 @pytest.mark.parametrize('h,w,k,stride,dilation', _CONV_CASES)
-def test_conv_is_nn_conv(h, w, k, stride, dilation):
+def test_conv_is_nn_conv(h, w, k, stride, dilation, monkeypatch):
   """`Conv` = nn.Conv with torch's padding: same parameters, outputs and gradients.
 
-  Its 1x1-as-dot and cut-tap rewrites are checked against a float64 NumPy
-  convolution written from the definition and against nn.Conv's gradients.
+  Its 1x1-as-dot, cut-tap and product-per-tap rewrites are checked against a
+  float64 NumPy convolution written from the definition and against
+  nn.Conv's gradients.
   """
+  # Taps on this 5 -> 4 kernel too, so the cases reach every rewrite.
+  monkeypatch.setattr(resnet, 'TAP_MIN_WEIGHTS', 0)
   x = jax.random.normal(jax.random.key(1), (2, h, w, 5))
   pad = dilation * (k - 1) // 2
   ref = nn.Conv(4, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
@@ -394,11 +401,59 @@ def test_conv_is_nn_conv(h, w, k, stride, dilation):
 
 
 def test_conv_cuts_taps_that_read_only_padding():
-  """An ASPP rate of 18 on an 8x8 map is a dot; rate 6 keeps its 3x3 kernel; rate 12 on 8x16 keeps 1x3."""
-  def convs(h, w, dilation):
-    jaxpr = jax.make_jaxpr(lambda x, k: conv2d(x, k, 1, dilation))(jnp.zeros((1, h, w, 4)), jnp.zeros((3, 3, 4, 2)))
+  """Which computation `conv2d` picks: dots for cut and mostly-padding kernels, else one convolution.
+
+  An ASPP rate of 18 on an 8x8 map is one dot (its centre tap); rate 6 reads
+  the map in a quarter of its products, so it is nine dots, one per tap; on a
+  32x32 map rate 6 stays one 3x3 convolution; rate 12 on 8x32 cuts its rows to
+  the centre and stays a 1x3 convolution (three quarters of its products read
+  the map), on 8x16 its three taps are dots (half of them do).
+  """
+  def convs(h, w, dilation, cin=256, cout=256):
+    jaxpr = jax.make_jaxpr(lambda x, k: conv2d(x, k, 1, dilation))(
+        jax.ShapeDtypeStruct((1, h, w, cin), jnp.float32), jax.ShapeDtypeStruct((3, 3, cin, cout), jnp.float32))
     return [(e.primitive.name, e.invars[1].aval.shape[:2] if e.primitive.name == 'conv_general_dilated' else None)
             for e in jaxpr.jaxpr.eqns if e.primitive.name in ('conv_general_dilated', 'dot_general')]
   assert convs(8, 8, 18) == [('dot_general', None)]
-  assert convs(8, 8, 6) == [('conv_general_dilated', (3, 3))]
-  assert convs(8, 16, 12) == [('conv_general_dilated', (1, 3))]
+  assert convs(8, 8, 6) == [('dot_general', None)] * 9
+  assert convs(32, 32, 6) == [('conv_general_dilated', (3, 3))]
+  assert convs(8, 32, 12) == [('conv_general_dilated', (1, 3))]
+  assert convs(8, 16, 12) == [('dot_general', None)] * 3
+  # Below TAP_MIN_WEIGHTS weights per tap the products would save too little.
+  assert convs(8, 8, 6, 255, 256) == [('conv_general_dilated', (3, 3))]
+  assert convs(8, 8, 6, 2048, 32) == [('dot_general', None)] * 9
+
+
+def test_conv_by_taps_is_cpu_only(monkeypatch):
+  """On another backend a mostly-padding kernel stays one convolution (the taps were measured on CPUs)."""
+  trace = lambda: jax.make_jaxpr(lambda x, k: conv2d(x, k, 1, 6))(
+      jax.ShapeDtypeStruct((1, 8, 8, 256), jnp.float32), jax.ShapeDtypeStruct((3, 3, 256, 256), jnp.float32))
+  names = lambda jaxpr: [e.primitive.name for e in jaxpr.jaxpr.eqns if e.primitive.name in
+                         ('conv_general_dilated', 'dot_general')]
+  assert names(trace()) == ['dot_general'] * 9
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert names(trace()) == ['conv_general_dilated']
+
+
+def test_tap_read_fraction_by_hand():
+  """Share of (output position, tap) products that read the map, counted by hand."""
+  # 8 rows, rate 6: the taps at -6 / 0 / +6 reach 2 / 8 / 2 output rows of 8.
+  assert tap_read_fraction((8, 8), (3, 3), 6) == pytest.approx((12 / 24) ** 2)
+  assert tap_read_fraction((32, 32), (3, 3), 6) == pytest.approx((84 / 96) ** 2)
+  # 5 taps at rate 2 on 6 rows reach 2, 4, 6, 4, 2 rows; one tap reads everything.
+  assert tap_read_fraction((6, 7), (5, 1), 2) == pytest.approx(18 / 30)
+  assert tap_read_fraction((3, 3), (1, 1), 5) == 1.0
+  # Rates 1, 2, 3 of the shapes model's 8x8 maps all stay above the threshold.
+  assert min(tap_read_fraction((8, 8), (3, 3), r) for r in (1, 2, 3)) > TAP_READ_FRACTION
+
+
+def test_conv_taps_benchmark_compares_the_same_function():
+  """The tap benchmark's two ways agree, and its read share is `tap_read_fraction`'s."""
+  row = conv_taps.measure(8, 6, 5, 6, repeats=1)
+  assert row['read'] == pytest.approx(0.25)
+  assert row['rel_diff'] < 1e-5
+  assert min(row[f'{a}_{b}'] for a in ('conv', 'taps') for b in ('fwd', 'grad')) >= 0
+  assert conv_taps.parse_case('32:2048:256:18') == (32, 2048, 256, 18)
+  for bad in ('32:2048:256', '32:x:256:18', '0:1:1:1'):
+    with pytest.raises(ValueError, match='map:in:out:rate'):
+      conv_taps.parse_case(bad)

@@ -168,7 +168,10 @@ def test_weight_transfer_makes_every_new_class_score_as_the_old_unknown():
   new = new_model.apply(student, images, train=False)
   for c in (4, 5, 6):
     np.testing.assert_allclose(new["logits"][..., c], old["unknown_logits"][..., 0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(new["logits"][..., :4], old["logits"])
+  # Not bit-equal: the old classes' logits come from a 4-wide product in one
+  # model and a 7-wide one in the other, which a CPU's matmul kernels may
+  # block, and so round, differently (1 ulp at 1e13 on an AMD EPYC VM).
+  np.testing.assert_allclose(new["logits"][..., :4], old["logits"], rtol=1e-6, atol=0)
   with pytest.raises(ValueError, match="step 0"):
     ssul_method.ssul_head_init(teacher, student, types.SimpleNamespace(index=0, new_channels=()))
 

@@ -30,6 +30,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 from jax import lax
 import jax.numpy as jnp
 
@@ -103,10 +104,85 @@ class Conv(nn.Module):
     return conv2d(x, kernel, self.stride, self.dilation)
 
 
+# On the CPU, `conv2d` computes a stride-1 convolution tap by tap when at most this share
+# of its (output position, tap) products reads the feature map: XLA's CPU
+# convolution spends its time on the padding read by the others (e.g. 32 ms
+# of a 33 ms ASPP rate-6 branch on an 8 x 8 map, docs/benchmarks.md), while a
+# product per tap skips it; on maps where most taps read the whole map, one
+# convolution is faster than nine products.
+TAP_READ_FRACTION = 0.5
+# ... and when its kernel has at least this many weights per tap (in x out
+# channels): on smaller ones the time saved is under a millisecond (0.2 ms for
+# 64 -> 64 channels on an 8 x 8 map), while the extra operations lengthen the
+# compile (the step of the tests' width-8 ResNet took 4 s longer to compile).
+TAP_MIN_WEIGHTS = 256 * 256
+
+
+def _tap_ranges(size, taps, dilation):
+  """Per tap of an odd, centred kernel axis: (first, end) output index whose input lies in [0, size)."""
+  centre = (taps - 1) // 2
+  out = []
+  for j in range(taps):
+    offset = (j - centre) * dilation
+    out.append((max(0, -offset), min(size, size - offset)))
+  return out
+
+
+def tap_read_fraction(spatial, kernel_hw, dilation):
+  """Share of a stride-1, same-size convolution's (output position, tap) products that read the map.
+
+  Args:
+    spatial: (H, W) of the input (and output).
+    kernel_hw: (kh, kw), both odd.
+    dilation: spatial dilation.
+
+  Returns:
+    The product over both axes of (sum over taps of the output positions
+    whose input is inside the map) / (taps x positions); 1 for a 1x1 kernel.
+  """
+  fraction = 1.0
+  for size, taps in zip(spatial, kernel_hw):
+    reads = sum(max(0, end - first) for first, end in _tap_ranges(size, taps, dilation))
+    fraction *= reads / (taps * size)
+  return fraction
+
+
+def conv_by_taps(x, kernel, dilation):
+  """Stride-1 convolution with padding `dilation*(k-1)//2` (odd kernel), one matrix product per tap.
+
+  Each tap multiplies the part of `x` it reads at some output position by its
+  (C, F) matrix and adds the product at those output positions; taps that
+  read only padding are skipped. Same function as the convolution, summed in
+  another order.
+
+  Args:
+    x: (B, H, W, C) input.
+    kernel: (kh, kw, C, F) kernel, kh and kw odd.
+    dilation: spatial dilation.
+
+  Returns:
+    (B, H, W, F).
+  """
+  _, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  rows, cols = _tap_ranges(h, kh, dilation), _tap_ranges(w, kw, dilation)
+  ch, cw = (kh - 1) // 2, (kw - 1) // 2
+  out = None
+  for i, (y0, y1) in enumerate(rows):
+    for j, (x0, x1) in enumerate(cols):
+      if y1 <= y0 or x1 <= x0:
+        continue
+      dy, dx = (i - ch) * dilation, (j - cw) * dilation
+      part = lax.dot_general(x[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx], kernel[i, j], (((3,), (0,)), ((), ())))
+      part = jnp.pad(part, ((0, 0), (y0, h - y1), (x0, w - x1), (0, 0)))
+      out = part if out is None else out + part
+  return out
+
+
 def conv2d(x, kernel, stride=1, dilation=1):
   """`x` (B, H, W, C) convolved with `kernel` (k, k, C, F), torch's padding.
 
-  Two rewrites give the same function and gradients as the plain
+  Three rewrites give the same function and gradients as the plain
   convolution with padding `dilation*(k-1)//2`, faster where XLA's CPU
   convolution is slow (docs/benchmarks.md, "Where the time goes"):
   * a 1x1 kernel is a matrix product over the channels (of every `stride`-th
@@ -116,7 +192,16 @@ def conv2d(x, kernel, stride=1, dilation=1):
     the feature map's size reads only zero padding at every output position,
     so it is cut from the kernel (an ASPP rate of 12 or 18 on an 8 x 8 map
     keeps only its centre tap); the padding shrinks with it, so the output
-    size is unchanged.
+    size is unchanged;
+  * on the CPU backend, with stride 1, when at most half of the (output
+    position, tap) products read the map (`TAP_READ_FRACTION`; the rest
+    read padding) and the kernel is large enough to matter (at least
+    `TAP_MIN_WEIGHTS` weights per tap), each tap is a matrix product over
+    the part of the map it reads, placed at the output positions it reaches
+    and summed
+    (`conv_by_taps`): an ASPP rate of 6 on an 8 x 8 map reads the map in a
+    quarter of its products. No convolution of the ResNets qualifies. GPUs
+    and TPUs keep the convolution: the rewrite was measured on CPUs only.
 
   Args:
     x: (B, H, W, C) input.
@@ -144,6 +229,10 @@ def conv2d(x, kernel, stride=1, dilation=1):
     if stride > 1:
       x = x[:, ::stride, ::stride]
     return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+  if (stride == 1 and k % 2 == 1 and jax.default_backend() == 'cpu'
+      and kernel.shape[2] * kernel.shape[3] >= TAP_MIN_WEIGHTS
+      and tap_read_fraction(x.shape[1:3], kernel.shape[:2], dilation) <= TAP_READ_FRACTION):
+    return conv_by_taps(x, kernel, dilation)
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
