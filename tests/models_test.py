@@ -452,8 +452,13 @@ def test_conv_taps_benchmark_compares_the_same_function():
   row = conv_taps.measure(8, 6, 5, 6, repeats=1)
   assert row['read'] == pytest.approx(0.25)
   assert row['rel_diff'] < 1e-5
-  assert min(row[f'{a}_{b}'] for a in ('conv', 'taps') for b in ('fwd', 'grad')) >= 0
+  assert set(row) == {'read', 'rel_diff', 'conv_fwd', 'conv_grad', 'taps_fwd', 'taps_grad'}
   assert conv_taps.parse_case('32:2048:256:18') == (32, 2048, 256, 18)
   for bad in ('32:2048:256', '32:x:256:18', '0:1:1:1'):
     with pytest.raises(ValueError, match='map:in:out:rate'):
       conv_taps.parse_case(bad)
+  with pytest.raises(ValueError, match='--repeats=0'):
+    conv_taps.check_counts(0, 1)
+  with pytest.raises(ValueError, match='--threads=-1'):
+    conv_taps.check_counts(1, -1)
+  conv_taps.check_counts(1, 0)

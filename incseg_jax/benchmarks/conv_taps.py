@@ -55,6 +55,14 @@ def parse_case(text: str) -> tuple[int, int, int, int]:
   return values  # type: ignore[return-value]
 
 
+def check_counts(repeats: int, threads: int) -> None:
+  """ValueError naming the flag when --repeats or --threads cannot be used."""
+  if repeats < 1:
+    raise ValueError(f"--repeats={repeats}: expected at least 1 timed run")
+  if threads < 0:
+    raise ValueError(f"--threads={threads}: expected a non-negative integer")
+
+
 def _cpu_ms(fn, args, repeats: int) -> float:
   for _ in range(2):
     jax.block_until_ready(fn(*args))
@@ -96,8 +104,7 @@ def main(argv):
   opts = flags.FLAGS
   with runtime.clear_errors():  # before the backend starts
     cases = [parse_case(c) for c in opts.cases]
-    if opts.threads < 0:
-      raise ValueError(f"--threads={opts.threads}: expected a non-negative integer")
+    check_counts(opts.repeats, opts.threads)
   extra = train_step.thread_flags(opts.threads)
   if extra:  # read when the backend starts, i.e. at the device query below
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()

@@ -198,10 +198,11 @@ def conv2d(x, kernel, stride=1, dilation=1):
     read padding) and the kernel is large enough to matter (at least
     `TAP_MIN_WEIGHTS` weights per tap), each tap is a matrix product over
     the part of the map it reads, placed at the output positions it reaches
-    and summed
-    (`conv_by_taps`): an ASPP rate of 6 on an 8 x 8 map reads the map in a
-    quarter of its products. No convolution of the ResNets qualifies. GPUs
-    and TPUs keep the convolution: the rewrite was measured on CPUs only.
+    and summed (`conv_by_taps`): an ASPP rate of 6 on an 8 x 8 map reads
+    the map in a quarter of its products. At crops of 128² and more no
+    convolution of the ResNets qualifies (smaller crops can put layer 4's
+    dilated 3x3 on a 4 x 4 map). GPUs and TPUs keep the convolution: the
+    rewrite was measured on CPUs only.
 
   Args:
     x: (B, H, W, C) input.
