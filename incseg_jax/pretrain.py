@@ -55,6 +55,7 @@ from incseg_jax import config_lib
 from incseg_jax import files
 from incseg_jax.data import shapes_pretrain
 from incseg_jax.models import pretrained
+from incseg_jax.models import variables as model_variables
 from incseg_jax.models import resnet
 from incseg_jax.models import resnet_names
 from incseg_jax.models import weight_files
@@ -130,7 +131,7 @@ def init_variables(settings: Settings) -> dict[str, Any]:
   """Fresh variables of `PretrainNet` from `settings.seed`."""
   model = PretrainNet(settings.width, tuple(settings.blocks), settings.output_stride)
   x = jnp.zeros((1, shapes_pretrain.IMAGE_SIZE, shapes_pretrain.IMAGE_SIZE, 3), jnp.float32)
-  return jax.jit(lambda key: model.init(key, x, train=False))(jax.random.key(settings.seed))
+  return model_variables.jit_init(lambda key: model.init(key, x, train=False))(jax.random.key(settings.seed))
 
 
 def make_optimizer(settings: Settings) -> optax.GradientTransformation:

@@ -3,4 +3,5 @@
 # Extra arguments go to pytest (e.g. `bash launch/test.sh -k tasks`).
 set -euo pipefail
 INCSEG_EXTRAS=test source "$(dirname "$0")/_install.sh"
-python -m pytest -n 2 --dist=loadfile -q tests "$@"
+# Whole files per worker, in collection order (tests/conftest.py puts the longest files first).
+python -m pytest -n 2 --dist=loadfile --no-loadscope-reorder -q tests "$@"

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -17,6 +19,7 @@ def run(args, data_dir, check=True):
   return out
 
 
+@pytest.mark.long
 def test_main_evaluate_compare(shapes_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   out = run(["incseg_jax.main", "--config=configs/shapes.py:task=19-1,method=ft,setting=disjoint,runlocal",
@@ -43,6 +46,7 @@ def test_main_evaluate_compare(shapes_data_dir, tmp_path):
     assert json.load(f)["seed"] == 0
 
 
+@pytest.mark.long
 def test_bad_inputs_exit_with_clear_message(shapes_data_dir, tmp_path):
   cases = [
       (["--config=configs/shapes.py:task=15-7,runlocal"], "Invalid scenario '15-7'"),

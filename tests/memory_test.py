@@ -164,6 +164,7 @@ def _without_seconds(results):
   return results
 
 
+@pytest.mark.long
 def test_memory_is_saved_per_step_and_a_resumed_run_replays_it(smoke_config, tmp_path):
   def config():
     cfg = smoke_config("task=18-1,method=mib")

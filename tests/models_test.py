@@ -12,7 +12,7 @@ import pytest
 
 from incseg_jax.benchmarks import conv_taps
 from incseg_jax.models import SegModel, add_head, build_model, grow_variables
-from incseg_jax.models import init_variables
+from incseg_jax.models import init_variables, jit_init
 from incseg_jax.models import resnet
 from incseg_jax.models.resnet import KAIMING_NORMAL, TAP_READ_FRACTION, Conv, conv2d, tap_read_fraction
 from incseg_jax.models.segmodel import default_atrous_rates
@@ -462,3 +462,23 @@ def test_conv_taps_benchmark_compares_the_same_function():
   with pytest.raises(ValueError, match='--threads=-1'):
     conv_taps.check_counts(1, -1)
   conv_taps.check_counts(1, 0)
+
+
+def test_init_compiled_at_o1_is_bit_identical_to_the_default_level():
+  """`jit_init` compiles initialisation at LLVM -O1 to save compile time; the values must not change."""
+  from incseg_jax.models.classifier import _SSUL_INIT  # pylint: disable=g-import-not-at-top
+
+  def init(key):
+    keys = jax.random.split(key, 5)
+    # The initializers of every model: conv kernels (truncated normal, fan-out and fan-in), the
+    # classifier's default, and BatchNorm's constants, at shapes with odd and vector-unfriendly sizes.
+    return [KAIMING_NORMAL(keys[0], (7, 7, 3, 8)), KAIMING_NORMAL(keys[1], (3, 3, 8, 13)),
+            _SSUL_INIT(keys[2], (1, 1, 24, 5)), nn.initializers.lecun_normal()(keys[3], (1, 1, 16, 3)),
+            nn.initializers.zeros(keys[4], (13,)), nn.initializers.ones(keys[4], (13,))]
+
+  fast = jit_init(init)(jax.random.key(7))
+  default = jax.jit(init)(jax.random.key(7))
+  assert len(fast) == len(default)
+  for a, b in zip(fast, default):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.std(np.asarray(fast[0])) > 0  # random, not a constant

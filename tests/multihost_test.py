@@ -72,6 +72,7 @@ def _close(a, b):
   return a == b
 
 
+@pytest.mark.long
 def test_two_processes_match_one_and_resume_after_a_kill(smoke_config, shapes_data_dir, tmp_path):
   config = smoke_config("task=19-1,method=mib")
   config.schedule.base_length, config.schedule.inc_length, config.log_every = 4, 2, 2

@@ -10,6 +10,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 NOTEBOOK = os.path.join(ROOT, "notebooks", "incseg_jax_quickstart.ipynb")
 
 
+@pytest.mark.long
 def test_the_quickstart_notebook_runs_shrunk(shapes_data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]

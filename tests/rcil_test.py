@@ -315,6 +315,7 @@ def test_the_preset_and_its_combinations():
       methods.get("rcil+other_variant")
 
 
+@pytest.mark.long
 def test_rcil_end_to_end_saves_plain_checkpoints(smoke_config, tmp_path):
   merges = []
 

@@ -8,7 +8,8 @@ workdir: every rerun resumes whatever the previous kill left (a torn
 checkpoint, an unevaluated step, a done step whose successor never started)
 and is itself killed at the next point, and the last rerun finishes. Its
 results.json must equal that of an uninterrupted run (in this process)
-except for the timing field (`seconds`). One chain instead of one workdir
+except for the timing field (`seconds`), and so must the method's state
+(PI's) at the end of every task step, bit for bit. One chain instead of one workdir
 per point keeps this to a handful of process starts (each pays ~5 s of
 imports). The other tests cover the checkpoint guards in-process: free disk
 space, a full disk during a write, a checkpoint of other shapes or of another
@@ -18,11 +19,13 @@ experiment.
 import collections
 import errno
 import glob
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import jax
@@ -37,27 +40,57 @@ from incseg_jax import train_step as ts
 from incseg_jax.testing import faults
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-# PLOP: a teacher, a head initialised from it and a `prepare` hook (pseudo-label
-# thresholds from one epoch of teacher outputs), all recomputed on resume.
-ARGS = ["--config=configs/shapes.py:task=18-1,method=plop,runlocal", "--config.schedule.base_length=4",
-        "--config.schedule.inc_length=2", "--config.checkpoint_every=2", "--config.log_every=2"]
+# PLOP with PI's penalty added, one chain for both (process starts cost
+# ~25 s each). PLOP: a teacher, a head initialised from it and a `prepare`
+# hook (pseudo-label thresholds from one epoch of teacher outputs), all
+# recomputed on resume. PI: a state (path integral, last and start
+# parameters) updated by every train step, saved with every checkpoint and
+# finalised into the next step's importance. The methods follow different
+# label conventions, so `plop+pi` is refused; PI's term is added to PLOP's
+# config by `CONFIG`, which the subprocesses load like configs/shapes.py.
+CONFIG = textwrap.dedent("""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location("shapes_config", os.path.join({root!r}, "configs", "shapes.py"))
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+
+    def get_config(arg=None):
+      c = shapes.get_config(arg)
+      with c.unlocked():
+        c.losses.pi = 500.0
+        c.loss_options.pi = {{"normalize": True}}
+      return c
+""")
+CONFIG_ARG = "task=18-1,method=plop,runlocal"
+OVERRIDES = ["--config.schedule.base_length=4", "--config.schedule.inc_length=2", "--config.checkpoint_every=2",
+             "--config.log_every=2"]
 # (INCSEG_FAULT, what the rerun after it has to cope with). Task step 0 has
 # 4 train steps (checkpoints at 2 and 4), steps 1 and 2 have 2 (final only).
 KILLS = [
-    ("kill:task=0,step=3,phase=train", "resume mid-step from the periodic checkpoint"),
+    ("kill:task=0,step=3,phase=train", "resume mid-step from the periodic checkpoint (with PI's state)"),
     ("kill:task=0,step=4,phase=checkpoint", "a torn final checkpoint: not chosen, removed; resume from 2"),
     ("kill:task=0,step=1,phase=eval", "final state saved but not evaluated"),
-    ("kill:task=0,phase=between", "step 0 done; step 1 starts in a new process (teacher from disk)"),
+    ("kill:task=0,phase=between", "step 0 done; step 1 starts in a new process (teacher and PI state from disk)"),
     ("kill:task=1,step=2,phase=checkpoint", "step 1's only checkpoint torn: restart it (prepare again)"),
 ]
 
 
-def main(workdir, data_dir, fault=None, args=None):
+def write_config(directory):
+  """Writes `CONFIG` into `directory`; returns its path."""
+  path = os.path.join(directory, "plop_pi.py")
+  with open(path, "w") as f:
+    f.write(CONFIG.format(root=os.path.abspath(ROOT)))
+  return path
+
+
+def main(workdir, data_dir, config_path, fault=None):
   env = dict(os.environ, INCSEG_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
   env.pop(faults.ENV, None)
   if fault:
     env[faults.ENV] = fault
-  return subprocess.run([sys.executable, "-m", "incseg_jax.testing.faults", f"--workdir={workdir}", *(args or ARGS)],
+  args = [f"--config={config_path}:{CONFIG_ARG}", *OVERRIDES]
+  return subprocess.run([sys.executable, "-m", "incseg_jax.testing.faults", f"--workdir={workdir}", *args],
                         cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -70,9 +103,13 @@ def results_without_timings(workdir):
   return res
 
 
-def clean_config(smoke_config):
-  """The config `ARGS` give on the command line, built in-process."""
-  config = smoke_config("task=18-1,method=plop")
+def clean_config(config_path, data_dir):
+  """The config the subprocesses get, built in-process."""
+  spec = importlib.util.spec_from_file_location("plop_pi", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(CONFIG_ARG)
+  config.dataset.data_dir = data_dir
   config.schedule.base_length = 4
   config.schedule.inc_length = 2
   config.checkpoint_every = 2
@@ -80,13 +117,19 @@ def clean_config(smoke_config):
   return config
 
 
-def test_killed_runs_resume_to_identical_results(smoke_config, shapes_data_dir, tmp_path):
+def final_method_state(workdir, task_index):
+  return checkpointing.restore_method_state(workdir, task_index, ["pi"])["pi"]
+
+
+@pytest.mark.long
+def test_killed_runs_resume_to_identical_results_and_state(shapes_data_dir, tmp_path):
   t0 = time.time()
   # The uninterrupted reference runs in this process (no import cost).
-  train.run(clean_config(smoke_config), str(tmp_path / "clean"))
+  config_path = write_config(str(tmp_path))
+  train.run(clean_config(config_path, shapes_data_dir), str(tmp_path / "clean"))
   workdir = str(tmp_path / "killed")
   for fault, situation in KILLS:
-    out = main(workdir, shapes_data_dir, fault)
+    out = main(workdir, shapes_data_dir, config_path, fault)
     assert out.returncode == -signal.SIGKILL, (fault, situation, out.returncode, out.stderr[-3000:])
     assert not os.path.exists(os.path.join(workdir, "results.json")), fault
     if fault == "kill:task=0,step=4,phase=checkpoint":
@@ -96,44 +139,18 @@ def test_killed_runs_resume_to_identical_results(smoke_config, shapes_data_dir, 
       ckpt = checkpointing.TaskCheckpointer(workdir, 0, read_only=True)
       assert ckpt.latest_step() == 2
       ckpt.close()
-  final = main(workdir, shapes_data_dir)
+  final = main(workdir, shapes_data_dir, config_path)
   assert final.returncode == 0, final.stderr[-3000:]
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*", "*orbax-checkpoint-tmp*"))
   assert results_without_timings(workdir) == results_without_timings(str(tmp_path / "clean"))
-  print(f"{len(KILLS)} kill points, identical results; {len(KILLS) + 2} runs in {time.time() - t0:.0f} s")
-
-
-# PI: a state (path integral, last and start parameters) updated by every
-# train step, saved with every checkpoint and finalised into the next step's
-# importance. The same chain, shorter: mid-step resume (the state from the
-# periodic checkpoint), a new process per step (the previous state from disk).
-STATE_ARGS = ["--config=configs/shapes.py:task=18-1,method=pi,runlocal", "--config.schedule.base_length=4",
-              "--config.schedule.inc_length=2", "--config.checkpoint_every=2", "--config.log_every=2"]
-STATE_KILLS = ["kill:task=0,step=3,phase=train", "kill:task=0,phase=between", "kill:task=1,step=1,phase=train"]
-
-
-def final_method_state(workdir, task_index):
-  return checkpointing.restore_method_state(workdir, task_index, ["pi"])["pi"]
-
-
-def test_killed_stateful_runs_resume_to_identical_results_and_state(smoke_config, shapes_data_dir, tmp_path):
-  config = smoke_config("task=18-1,method=pi")
-  config.schedule.base_length, config.schedule.inc_length = 4, 2
-  config.checkpoint_every = config.log_every = 2
-  train.run(config, str(tmp_path / "clean"))
-  workdir = str(tmp_path / "killed")
-  for fault in STATE_KILLS:
-    out = main(workdir, shapes_data_dir, fault, STATE_ARGS)
-    assert out.returncode == -signal.SIGKILL, (fault, out.returncode, out.stderr[-3000:])
-  final = main(workdir, shapes_data_dir, args=STATE_ARGS)
-  assert final.returncode == 0, final.stderr[-3000:]
-  assert results_without_timings(workdir) == results_without_timings(str(tmp_path / "clean"))
+  # PI's state at the end of every task step, bit for bit.
   for k in range(3):
     clean, killed = final_method_state(str(tmp_path / "clean"), k), final_method_state(workdir, k)
     assert jax.tree.structure(clean) == jax.tree.structure(killed)
     for a, b in zip(jax.tree.leaves(clean), jax.tree.leaves(killed)):
       np.testing.assert_array_equal(a, b)
   assert "importance" in final_method_state(workdir, 2) and "importance" not in final_method_state(workdir, 0)
+  print(f"{len(KILLS)} kill points, identical results and state; {len(KILLS) + 2} runs in {time.time() - t0:.0f} s")
 
 
 def tiny_state(width=3):

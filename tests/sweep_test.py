@@ -265,6 +265,7 @@ def read_json(path):
     return json.load(f)
 
 
+@pytest.mark.long
 def test_sweep_end_to_end(shapes_data_dir, tmp_path, capsys):
   workdir = str(tmp_path / "sweep")
   data = f"--config.dataset.data_dir={shapes_data_dir}"

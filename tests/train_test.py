@@ -273,6 +273,7 @@ def test_prepare_hook_feeds_extras_to_the_losses(smoke_config, tmp_path):
   assert jnp.isfinite(res["steps"][1]["metrics"]["pixel_acc"])
 
 
+@pytest.mark.long
 def test_stateful_method_shares_step_0_only_with_its_own_state(smoke_config, tmp_path):
   base = str(tmp_path / "ft")
   train.run(two_step_config(smoke_config), base)
