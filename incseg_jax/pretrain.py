@@ -55,9 +55,9 @@ from incseg_jax import config_lib
 from incseg_jax import files
 from incseg_jax.data import shapes_pretrain
 from incseg_jax.models import pretrained
-from incseg_jax.models import variables as model_variables
 from incseg_jax.models import resnet
 from incseg_jax.models import resnet_names
+from incseg_jax.models import variables as model_variables
 from incseg_jax.models import weight_files
 
 SOURCE = pretrained.PRETRAIN_SOURCE

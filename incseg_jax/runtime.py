@@ -30,11 +30,16 @@ def cache_dir() -> str:
   return os.environ.get("INCSEG_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "incseg_jax", "xla")
 
 
-def setup() -> None:
-  """Compilation cache on; TensorFlow hidden from GPUs/TPUs."""
+def use_compilation_cache() -> None:
+  """Turns on JAX's persistent compilation cache in `cache_dir()`, for every program."""
   jax.config.update("jax_compilation_cache_dir", cache_dir())
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def setup() -> None:
+  """Compilation cache on; TensorFlow hidden from GPUs/TPUs."""
+  use_compilation_cache()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from incseg_jax.benchmarks import conv_taps
 from incseg_jax.models import SegModel, add_head, build_model, grow_variables
 from incseg_jax.models import init_variables, jit_init
 from incseg_jax.models import resnet
+from incseg_jax.models.classifier import _SSUL_INIT
 from incseg_jax.models.resnet import KAIMING_NORMAL, TAP_READ_FRACTION, Conv, conv2d, tap_read_fraction
 from incseg_jax.models.segmodel import default_atrous_rates
 
@@ -466,8 +467,6 @@ def test_conv_taps_benchmark_compares_the_same_function():
 
 def test_init_compiled_at_o1_is_bit_identical_to_the_default_level():
   """`jit_init` compiles initialisation at LLVM -O1 to save compile time; the values must not change."""
-  from incseg_jax.models.classifier import _SSUL_INIT  # pylint: disable=g-import-not-at-top
-
   def init(key):
     keys = jax.random.split(key, 5)
     # The initializers of every model: conv kernels (truncated normal, fan-out and fan-in), the

@@ -23,9 +23,7 @@ SCRIPT = textwrap.dedent("""
     from incseg_jax import losses, models, runtime, sharding, train_step as ts
     from incseg_jax.losses import regularizers, state as state_lib
     import ml_collections
-    # The persistent compilation cache, as the commands and the test process use it.
-    jax.config.update("jax_compilation_cache_dir", runtime.cache_dir())
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    runtime.use_compilation_cache()  # as the commands and the test process use it (without TensorFlow's import)
     cfg = ml_collections.ConfigDict(dict(backbone="resnet_small", decoder="deeplab_v3", output_stride=8,
         aspp_channels=8, atrous_rates=(1, 2, 3), small_width=8, small_blocks=(1, 1, 1, 1), bn_frozen=False))
     optim = ml_collections.ConfigDict(dict(momentum=0.9, nesterov=True, weight_decay=1e-4))

@@ -15,10 +15,11 @@ from incseg_jax.models.classifier import IncrementalClassifier, SSULHead
 
 # Initialisation is random-number generation only (the forward pass it traces
 # is dead code), and LLVM's default (-O2) loop passes spend 10-14 s compiling
-# it for a test-sized model on a CPU. At -O1 the same program compiles 2-4x
-# faster (17 -> 4 s width-8 ResNet, 17 -> 9 s ResNet-50, 23 -> 16 s
-# ResNet-101; AMD EPYC, 2026-12-03) and runs as fast, and its values are bit
-# for bit those of -O2 (tests/models_test.py checks it).
+# it for a test-sized model on a CPU. At -O1 the same program compiles 3-4x
+# faster for test-sized models (17 -> 4 s, width-8 ResNet), 1.5-1.7x for
+# ResNet-50 and 1.0-1.5x for ResNet-101 (AMD EPYC, 2026-12-03, script in
+# docs/benchmarks.md), and its values are bit for bit those of -O2
+# (tests/models_test.py checks it).
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
 
 
