@@ -30,6 +30,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from incseg_jax import files
@@ -71,6 +72,18 @@ def step_checksums(step_dir: str) -> dict[str, str]:
   return dict(sorted(out.items()))
 
 
+def _on_host(tree: Any) -> Any:
+  """`tree` with its replicated jax Arrays copied to NumPy; other leaves (sharded arrays, scalars) as they are.
+
+  Orbax saves a NumPy array in about half the time of the same replicated
+  jax Array (0.24 s against 0.49 s for a test model's 92-leaf state, 2-core
+  VM, 2026-12-03): it skips the per-array replica slicing and the background
+  device-to-host transfer. The files are the same zarr arrays, restored into
+  the target's shardings as before.
+  """
+  return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_replicated else x, tree)
+
+
 def task_dir(workdir: str, task_index: int) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints", f"task_{task_index:02d}")
 
@@ -107,11 +120,11 @@ class TaskCheckpointer:
         up during it (the torn write is never listed as a checkpoint).
     """
     files.check_free_space(self.directory, state, self._kept_message())
-    model = {"params": state.params, "batch_stats": state.batch_stats}
-    train = {"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped}
+    model = _on_host({"params": state.params, "batch_stats": state.batch_stats})
+    train = _on_host({"opt_state": state.opt_state, "step": state.step, "skipped": state.skipped})
     items = {"model": ocp.args.StandardSave(model), "train": ocp.args.StandardSave(train)}
     if state.method_state is not None:
-      items[METHOD_ITEM] = ocp.args.StandardSave(state.method_state)
+      items[METHOD_ITEM] = ocp.args.StandardSave(_on_host(state.method_state))
     self._hooks.before_save(self.task_index, step)
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -22,10 +22,11 @@ from incseg_jax import memory as memory_lib
 from incseg_jax import methods
 from incseg_jax import models
 from incseg_jax import replay as replay_lib
-from incseg_jax import saliency as saliency_lib
 from incseg_jax import tasks
-from incseg_jax.data import pipeline
 from incseg_jax.data import registry
+
+if TYPE_CHECKING:
+  from incseg_jax.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,6 +175,7 @@ class Experiment:
                 memory_lib.label_tables([st.train_lut for st in self.plan.steps], self.plan.ignore_label,
                                         self.config.memory.get("background", "keep")))
       num_memory = self.config.memory.per_batch or self.config.input.batch_size // 2
+    from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: see `build`)
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
                                   ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay,
@@ -252,6 +254,10 @@ def build(config) -> Experiment:
       (an order that is not a permutation, a step without training images,
       a missing or bad saliency map).
   """
+  # TensorFlow loads here, not when this module is imported: `validate.config` uses `label_policy` and
+  # `plan_only` and runs before it, so a bad config is named in seconds.
+  from incseg_jax import saliency as saliency_lib  # pylint: disable=g-import-not-at-top
+  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   method = methods.get(config.method)
   builder, meta = registry.load(config.dataset)
   train_split = pipeline.load_split(builder, config.dataset.train_split)

@@ -23,14 +23,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv, run_hooks: hooks.Hooks = hooks.NONE):
-  runtime.setup_command(argv)
-  # Imported here so that a bad flag is reported before TensorFlow and orbax load.
+  runtime.setup_command(argv, tensorflow=False)
+  # Imported here, and train only after the workdir path and the config are checked: a bad flag, workdir or
+  # config is reported before TensorFlow loads (in ~3 s instead of ~8-10 s, measured on a 2-core VM).
   from incseg_jax import distributed  # pylint: disable=g-import-not-at-top
-  from incseg_jax import train  # pylint: disable=g-import-not-at-top
+  from incseg_jax import validate  # pylint: disable=g-import-not-at-top
+  from incseg_jax import workdir  # pylint: disable=g-import-not-at-top
   with runtime.clear_errors():
     if distributed.initialize(_CONFIG.value):  # before anything touches a device
       distributed.quiet_other_processes(_WORKDIR.value)
-    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value, hooks=run_hooks)
+    workdir.check_path(_WORKDIR.value)
+    validate.config(_CONFIG.value)  # after initialize: it checks batch sizes against the global device count
+    runtime.hide_accelerators_from_tensorflow()
+    from incseg_jax import train  # pylint: disable=g-import-not-at-top
+    train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value, hooks=run_hooks,
+              config_checked=True)
 
 
 if __name__ == "__main__":

@@ -37,17 +37,26 @@ def use_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def setup() -> None:
-  """Compilation cache on; TensorFlow hidden from GPUs/TPUs."""
+def setup(tensorflow: bool = True) -> None:
+  """Compilation cache on; TensorFlow hidden from GPUs/TPUs (`tensorflow=False`: later, by the caller)."""
   use_compilation_cache()
+  if tensorflow:
+    hide_accelerators_from_tensorflow()
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Imports TensorFlow (~5 s) and keeps it off GPUs and TPUs: it only feeds data, JAX owns the devices.
+
+  Must precede TensorFlow's first use of a device (its first op), not its import.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   with contextlib.suppress(Exception):
     tf.config.set_visible_devices([], "TPU")
 
 
-def setup_command(argv: list[str]) -> None:
-  """What every command line does first: refuse stray arguments, quiet absl logging, `setup`.
+def setup_command(argv: list[str], tensorflow: bool = True) -> None:
+  """What every command line does first: refuse stray arguments, quiet absl logging, `setup(tensorflow)`.
 
   absl logging goes to WARNING unless `--verbosity` was given: orbax logs
   every file it reads or writes at INFO.
@@ -56,7 +65,7 @@ def setup_command(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  setup()
+  setup(tensorflow)
 
 
 @contextlib.contextmanager

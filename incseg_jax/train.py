@@ -45,7 +45,7 @@ from incseg_jax.models import pretrained
 
 
 def run(config, workdir: str, allow_config_change: bool = False,
-        hooks: hooks_lib.Hooks = hooks_lib.NONE) -> dict[str, Any]:
+        hooks: hooks_lib.Hooks = hooks_lib.NONE, config_checked: bool = False) -> dict[str, Any]:
   """Runs (or resumes) every task step of the experiment in `config`.
 
   Args:
@@ -54,6 +54,9 @@ def run(config, workdir: str, allow_config_change: bool = False,
     allow_config_change: continue a workdir saved under another config (see
       `workdir.check_workdir`).
     hooks: observation points for tests (see incseg_jax/hooks.py).
+    config_checked: the caller has run `validate.config(config)` already
+      (main.py does, before TensorFlow loads), so it is not run twice: it
+      reads the whole pretrained weight file.
 
   Returns:
     The results dict also written to `<workdir>/results.json`.
@@ -67,12 +70,14 @@ def run(config, workdir: str, allow_config_change: bool = False,
   # builds anything; released on return, on an exception, and by the kernel
   # when the process dies.
   with workdir_lib.locked(workdir):
-    return _run(config, workdir, allow_config_change, hooks)
+    return _run(config, workdir, allow_config_change, hooks, config_checked)
 
 
-def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks) -> dict[str, Any]:
+def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks,
+         config_checked: bool) -> dict[str, Any]:
   """`run` with the workdir held."""
-  validate.config(config)
+  if not config_checked:
+    validate.config(config)
   num_images = evaluation.tb_image_count(config)  # a bad value is refused before anything is written
   exp = experiment_lib.build(config)
   validate.experiment(exp)

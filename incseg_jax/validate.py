@@ -6,9 +6,11 @@ Two passes, each raising ValueError with a message naming the field at fault:
   built: field types and ranges the flag parser lets through (a tuple field
   takes any tuple: `--config.input.mean=abc` gives `('abc',)`), batch sizes
   against the devices, the method against its loss terms, the model
-  architecture, the scenario against the dataset's class count, the label
-  policy, the saliency folder (its maps are checked by `experiment.build`),
-  and the pretrained weight file (read fully: layout, names, shapes).
+  architecture, the task plan (scenario against the dataset's class count,
+  setting, labeling, class order, label policy), the saliency folder (its
+  maps are checked by `experiment.build`), and the pretrained weight file
+  (read fully: layout, names, shapes). This module and those it imports load
+  no TensorFlow, so `main` reports a bad config before TensorFlow loads.
 * `experiment(exp)`: what needs the resolved experiment: frozen prefixes
   against the model's parameters, and every loss term of every task step
   traced once on abstract inputs (`jax.eval_shape`, no compute), so a bad
@@ -37,7 +39,6 @@ from incseg_jax import models
 from incseg_jax import memory as memory_lib
 from incseg_jax import replay as replay_lib
 from incseg_jax import sharding
-from incseg_jax import tasks
 from incseg_jax.data import registry
 from incseg_jax.losses import state as state_lib
 from incseg_jax.models import pretrained
@@ -93,10 +94,11 @@ def config(cfg) -> None:
   _check_values(cfg)
   _check_method(cfg)
   models.check_config(cfg.model)
-  # The scenario against the dataset's class count, before any data is built or read.
+  # The task plan (scenario against the dataset's class count, setting, labeling, class order, label policy),
+  # before any data is built or read. Uniform pixel counts stand in for the training set's, which only a
+  # "frequency" order needs: they check everything else.
   meta = registry.meta(cfg.dataset.name)
-  tasks.parse_scenario(cfg.task, meta.num_fg)
-  experiment_lib.label_policy(cfg, meta, methods.get(cfg.method))
+  experiment_lib.plan_only(cfg, meta, pixel_counts=np.ones(meta.num_fg + 1, np.int64))
   _check_pretrained(cfg)
 
 

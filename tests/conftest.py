@@ -54,9 +54,9 @@ def shapes_data_dir(tmp_path_factory):
   return str(data_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def smoke_config(shapes_data_dir):
-  """Returns a function (arg) -> runlocal shapes config on the tiny build."""
+  """Returns a function (arg) -> runlocal shapes config on the tiny build, a new config at every call."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(__file__), "..", "configs", "shapes.py")
   spec = importlib.util.spec_from_file_location("shapes_config", path)

@@ -31,3 +31,14 @@ def test_every_module_imports_beside_every_other():
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert out.returncode == 0, out.stderr[-3000:]
   assert int(out.stdout.strip().splitlines()[-1]) > 50
+
+
+def test_config_checks_load_no_tensorflow():
+  # main.py checks the workdir path and the config before it imports train: a bad one is named in ~3 s, not
+  # after TensorFlow's ~5-10 s import. A module these import that pulls TensorFlow in at import time undoes that.
+  script = ("import sys, incseg_jax.main, incseg_jax.validate, incseg_jax.distributed, incseg_jax.workdir; "
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,9 +34,24 @@ def two_step_config(smoke_config, arg="task=19-1,method=ft"):
   return config
 
 
-def test_run_writes_results_and_evaluate_reproduces(smoke_config, tmp_path):
-  workdir = str(tmp_path / "run")
-  res = train.run(two_step_config(smoke_config), workdir)
+@pytest.fixture(scope="module")
+def ft_run(smoke_config, tmp_path_factory):
+  """(workdir, results) of the two-step ft 19-1 run, trained once for the tests that read it.
+
+  A test that writes into the workdir takes `copy_of` it.
+  """
+  workdir = str(tmp_path_factory.mktemp("ft_19_1") / "run")
+  return workdir, train.run(two_step_config(smoke_config), workdir)
+
+
+def copy_of(run, tmp_path) -> str:
+  copy = str(tmp_path / "run")
+  shutil.copytree(run[0], copy)
+  return copy
+
+
+def test_run_writes_results_and_evaluate_reproduces(ft_run):
+  workdir, res = ft_run
   assert [s["task_step"] for s in res["steps"]] == [0, 1]
   for name in ("results.json", "results.md", "results.csv", "config.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
@@ -82,12 +98,9 @@ def test_with_classifier_of_replaces_the_shared_heads_only():
     evaluate.with_classifier_of(later, wrong)
 
 
-def test_head_growth_copies_old_params(smoke_config, tmp_path):
-  workdir = str(tmp_path / "run")
-  config = two_step_config(smoke_config)
-  config.schedule.inc_length = 1
-  train.run(config, workdir)
-  exp = experiment.build(config)
+def test_head_growth_copies_old_params(smoke_config, ft_run):
+  workdir = ft_run[0]
+  exp = experiment.build(two_step_config(smoke_config))
   mesh = sharding.make_mesh()
   step0 = workdir_lib.restore_step(exp, workdir, 0, mesh)
   student = train.init_student(exp, exp.step(1), step0, __import__("jax").random.key(3))
@@ -96,9 +109,8 @@ def test_head_growth_copies_old_params(smoke_config, tmp_path):
   assert "head_1" in student["params"]["classifier"]
 
 
-def test_workdir_with_other_experiment_is_refused_unless_allowed(smoke_config, tmp_path):
-  workdir = str(tmp_path / "run")
-  first = train.run(two_step_config(smoke_config), workdir)
+def test_workdir_with_other_experiment_is_refused_unless_allowed(smoke_config, ft_run, tmp_path):
+  workdir, first = copy_of(ft_run, tmp_path), ft_run[1]
   with pytest.raises(ValueError, match="(?s)holds a different experiment.*task: '19-1' vs '15-5'.*allow_config_change"):
     train.run(two_step_config(smoke_config, "task=15-5,method=ft"), workdir)
   assert not os.path.exists(os.path.join(workdir, "config.1.json"))
@@ -185,7 +197,6 @@ def test_bad_input_fails_before_training(smoke_config, tmp_path, arg, field, mes
 
 
 def test_empty_task_step_is_reported(smoke_config, tmp_path, monkeypatch):
-  from incseg_jax import experiment  # pylint: disable=g-import-not-at-top
   original = pipeline.load_split
 
   def without_class_20(builder, split):
@@ -196,14 +207,13 @@ def test_empty_task_step_is_reported(smoke_config, tmp_path, monkeypatch):
     return pipeline.EncodedSplit(images=s.images[keep], labels=s.labels[keep], classes=[s.classes[i] for i in keep],
                                  pixel_counts=s.pixel_counts[keep], ids=[s.ids[i] for i in keep])
 
-  monkeypatch.setattr(experiment.pipeline, "load_split", without_class_20)
+  monkeypatch.setattr(pipeline, "load_split", without_class_20)
   with pytest.raises(ValueError, match="step 5"):
     train.run(smoke_config("task=15-1"), str(tmp_path / "run"))
 
 
-def test_init_from_reuses_a_base_model_and_checks_it(smoke_config, tmp_path):
-  base = str(tmp_path / "base")
-  first = train.run(two_step_config(smoke_config), base)
+def test_init_from_reuses_a_base_model_and_checks_it(smoke_config, ft_run, tmp_path):
+  base, first = copy_of(ft_run, tmp_path), ft_run[1]  # its config.json is rewritten below
   config = two_step_config(smoke_config)
   config.init_from = base
   config.seed = 1  # would give a different step 0 if it were trained
