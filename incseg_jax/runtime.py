@@ -8,8 +8,10 @@ code 2 instead of a traceback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import gc
 import os
 import re
 import sys
@@ -38,8 +40,13 @@ def use_compilation_cache() -> None:
 
 
 def setup(tensorflow: bool = True) -> None:
-  """Compilation cache on; TensorFlow hidden from GPUs/TPUs (`tensorflow=False`: later, by the caller)."""
+  """Compilation cache on; TensorFlow hidden from GPUs/TPUs (`tensorflow=False`: later, by the caller); a fast exit."""
   use_compilation_cache()
+  # At exit the interpreter's last garbage collection walks every object TensorFlow, JAX and flax made. After
+  # a 3-step shapes run that exit took 2.0 s, and 0.8 s with every object frozen first (2-core VM, 2026-12-03).
+  # The collection skips frozen objects; reference cycles among them are left to the OS, which takes the
+  # process's memory back anyway, and Python never promised their finalizers run at exit.
+  atexit.register(gc.freeze)
   if tensorflow:
     hide_accelerators_from_tensorflow()
 

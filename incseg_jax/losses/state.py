@@ -118,10 +118,10 @@ def restrict(tree: Mapping[str, Any], like: Mapping[str, Any]) -> dict[str, Any]
   return out
 
 
-def minmax_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-  """(x - min) / (max - min + eps) over one tensor: the MiB code's `normalize_fn`, per parameter tensor."""
-  x = jnp.asarray(x, jnp.float32)
-  return (x - x.min()) / (x.max() - x.min() + eps)
+def minmax_normalize(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+  """(x - min) / (max - min + eps) over one host tensor, in float32: the MiB code's `normalize_fn`, per parameter."""
+  x = np.asarray(x, np.float32)
+  return (x - x.min()) / (x.max() - x.min() + np.float32(eps))
 
 
 def quadratic_penalty(weights: Any, params: Any, reference: Any) -> jax.Array:
