@@ -21,6 +21,7 @@ qualitative grid of `incseg_jax.plot`; they never touch the metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -207,8 +208,11 @@ def segmentation_metrics(
   return out
 
 
+# Memoised by value (flax modules compare by their fields): the runs of a sweep, or of a test process, that
+# evaluate the same model reuse one traced function instead of tracing it again for every task step.
+@functools.lru_cache(maxsize=16)
 def make_eval_step(model: nn.Module, num_channels: int, ignore_label: int) -> Callable:
-  """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch."""
+  """Jitted `(variables, batch) -> (C, C) confusion matrix` of one batch (memoised by value)."""
 
   def step(variables, batch):
     # "valid" (real pixels of images padded to a common shape) keeps the
@@ -301,8 +305,10 @@ def fixed_images(split: pipeline.EncodedSplit, n: int, input_cfg) -> FixedImages
                      valid=valid if split.sizes is not None else None)
 
 
+@functools.lru_cache(maxsize=16)
 def make_predict(model: nn.Module) -> Callable:
-  """Jitted `(variables, images, valid) -> (N, H, W) int32` argmax channel per pixel (eval mode)."""
+  """Jitted `(variables, images, valid) -> (N, H, W) int32` argmax channel per pixel (eval mode; memoised as
+  `make_eval_step`)."""
 
   def predict(variables, images, valid):
     scores = models.prediction_scores(model.apply(variables, images, train=False, valid=valid))

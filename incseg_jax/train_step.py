@@ -15,6 +15,7 @@ in its metrics; the host decides whether to stop or go on (`config.nonfinite`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -235,6 +236,8 @@ def _advance_schedules(opt_state: Any) -> Any:
                       opt_state, is_leaf=is_sched)
 
 
+@functools.lru_cache(maxsize=16)
 def make_teacher_forward(model: nn.Module) -> Callable:
-  """Jitted eval-mode forward `(variables, images) -> outputs dict` (for `prepare` hooks)."""
+  """Jitted eval-mode forward `(variables, images) -> outputs dict` (for `prepare` hooks; memoised by value, as
+  `evaluation.make_eval_step`)."""
   return jax.jit(lambda variables, images: model.apply(variables, images, train=False))

@@ -5,6 +5,9 @@ init the new model freshly, then copy every shared leaf from the old one, so
 only `classifier/head_k` keeps its fresh initialisation.
 """
 
+import functools
+from typing import Callable
+
 import flax
 import numpy as np
 import jax
@@ -53,10 +56,16 @@ def init_variables(model, rng, image_size, batch: int = 1):
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
   x = jnp.zeros((batch, *image_size, 3), jnp.float32)
-  # jit so initialisation is compiled once instead of dispatched op by op,
-  # which matters for ResNet-101 on CPU.
-  variables = jit_init(lambda r, x: model.init(r, x, train=False))(rng, x)
+  variables = _jitted_init(model)(rng, x)
   return flax.core.unfreeze(variables)
+
+
+# jit so initialisation is compiled once instead of dispatched op by op, which matters for ResNet-101 on CPU;
+# memoised by value (flax modules compare by their fields), so the runs of a sweep or of a test process that
+# build the same model trace its initialisation once.
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model) -> Callable:
+  return jit_init(lambda r, x: model.init(r, x, train=False))
 
 
 def grow_variables(old_variables, new_variables):
@@ -117,10 +126,7 @@ def add_head(model, old_variables, rng, image_size):
   Raises:
     ValueError: `old_variables` is not the previous step of `model`.
   """
-  if isinstance(image_size, int):
-    image_size = (image_size, image_size)
-  x = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda r, x: model.init(r, x, train=False), rng, x)
+  abstract = abstract_variables(model, image_size)
   k = len(model.classes_per_step) - 1
   name = f'head_{k}'
   if getattr(model, 'head', 'linear') == 'ssul':  # conv + BatchNorm: parameters and statistics
@@ -152,7 +158,15 @@ def batchnorm_prefixes(variables):
 
 
 def abstract_variables(model, image_size):
-  """Shapes and dtypes of `model`'s variables, without allocating them."""
+  """Shapes and dtypes of `model`'s variables, without allocating them (new containers at every call)."""
+  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  return jax.tree.map(lambda s: s, _abstract_variables(model, size))
+
+
+# Memoised by value: validation, head growth, restores and the train step all ask for the same shapes, and
+# each trace of a ResNet-101's initialisation takes seconds.
+@functools.lru_cache(maxsize=32)
+def _abstract_variables(model, image_size: tuple[int, int]):
   return jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size))
 
 
