@@ -481,3 +481,25 @@ def test_init_compiled_at_o1_is_bit_identical_to_the_default_level():
   for a, b in zip(fast, default):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.std(np.asarray(fast[0])) > 0  # random, not a constant
+
+
+def test_traced_functions_are_shared_by_equal_models_only():
+  # evaluation, prediction, teacher forward and initialisation are memoised by model value (flax modules compare
+  # by their fields): a model equal in every field reuses them; one field apart (dtype, bn_frozen) must not.
+  from incseg_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from incseg_jax import train_step  # pylint: disable=g-import-not-at-top
+  from incseg_jax.models import abstract_variables  # pylint: disable=g-import-not-at-top
+  a, b = build_model(_cfg(), (3, 1)), build_model(_cfg(), (3, 1))
+  others = [build_model(_cfg(dtype='bfloat16'), (3, 1)), build_model(_cfg(bn_frozen=False), (3, 1)),
+            build_model(_cfg(), (3, 2))]
+  makers = [lambda m: evaluation.make_eval_step(m, 4, 255), evaluation.make_predict,
+            train_step.make_teacher_forward]
+  for make in makers:
+    assert make(a) is make(b)
+    assert all(make(o) is not make(a) for o in others)
+  first, second = abstract_variables(a, 32), abstract_variables(b, (32, 32))
+  assert first is not second and first['params'] is not second['params']  # new containers: callers may edit them
+  assert jax.tree.structure(first) == jax.tree.structure(second)
+  assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second)))
+  wider = abstract_variables(others[2], 32)
+  assert wider['params']['classifier']['head_1']['kernel'].shape[-1] == 2
