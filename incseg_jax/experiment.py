@@ -175,7 +175,8 @@ class Experiment:
                 memory_lib.label_tables([st.train_lut for st in self.plan.steps], self.plan.ignore_label,
                                         self.config.memory.get("background", "keep")))
       num_memory = self.config.memory.per_batch or self.config.input.batch_size // 2
-    from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: see `build`)
+    # Imported here, as in `build`: importing this module loads no TensorFlow.
+    from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.train_batches(self.train_split, spec.indices, spec.task.train_lut, self.config.input,
                                   seed=self.config.seed, task_index=spec.index, start_step=start, num_steps=stop,
                                   ignore_label=self.plan.ignore_label, replay=replay, num_replay=num_replay,
@@ -254,8 +255,8 @@ def build(config) -> Experiment:
       (an order that is not a permutation, a step without training images,
       a missing or bad saliency map).
   """
-  # TensorFlow loads here, not when this module is imported: `validate.config` uses `label_policy` and
-  # `plan_only` and runs before it, so a bad config is named in seconds.
+  # TensorFlow loads here, not when this module is imported: `validate.config` uses `plan_only` and runs
+  # before TensorFlow is imported, so a bad config is named in seconds.
   from incseg_jax import saliency as saliency_lib  # pylint: disable=g-import-not-at-top
   from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   method = methods.get(config.method)
