@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 
 from incseg_jax import checkpointing
-from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import models
 from incseg_jax import reporting
@@ -74,6 +73,8 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
       the dataset has no such split; files.CorruptFileError: a damaged
       config.json, identity.json or done.json.
   """
+  # Imported here: this module loads no TensorFlow, so `main` names a bad --workdir before TensorFlow loads.
+  from incseg_jax import evaluation  # pylint: disable=g-import-not-at-top
   # Only reads: no lock, so a finished step can be evaluated while the run trains the next.
   workdir_lib.check_path(workdir, write=False)
   config = workdir_lib.read_config(workdir)
@@ -113,8 +114,12 @@ def _check_checkpoint(workdir: str, task_index: int, flag: str) -> None:
 
 
 def main(argv):
-  runtime.setup_command(argv)
+  runtime.setup_command(argv, tensorflow=False)
   with runtime.clear_errors():
+    # The workdir and its config first (evaluate reads them again, cheaply): a wrong --workdir costs seconds.
+    workdir_lib.check_path(_WORKDIR.value, write=False)
+    workdir_lib.read_config(_WORKDIR.value)
+    runtime.hide_accelerators_from_tensorflow()
     record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _CLASSIFIER_FROM.value)
   if _JSON.value:
     with open(_JSON.value, "w") as f:

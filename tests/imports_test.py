@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # The one module left out: `incseg_jax.main` shares `--workdir` and `--config` with other commands and is only
 # ever run as a program (the tests start it in subprocesses, through incseg_jax.testing.faults).
 LEFT_OUT = ("incseg_jax.main",)
@@ -33,10 +35,14 @@ def test_every_module_imports_beside_every_other():
   assert int(out.stdout.strip().splitlines()[-1]) > 50
 
 
-def test_config_checks_load_no_tensorflow():
-  # main.py checks the workdir path and the config before it imports train: a bad one is named in ~3 s, not
-  # after TensorFlow's ~5-10 s import. A module these import that pulls TensorFlow in at import time undoes that.
-  script = ("import sys, incseg_jax.main, incseg_jax.validate, incseg_jax.distributed, incseg_jax.workdir; "
+# One process each: the two commands both define --workdir.
+@pytest.mark.parametrize("modules", ["incseg_jax.main, incseg_jax.validate, incseg_jax.distributed, incseg_jax.workdir",
+                                     "incseg_jax.evaluate"])
+def test_config_checks_load_no_tensorflow(modules):
+  # main.py checks the workdir path and the config before it imports train (evaluate.py the workdir before it
+  # imports evaluation): a bad one is named in ~3 s, not after TensorFlow's ~5-10 s import. A module these
+  # import that pulls TensorFlow in at import time undoes that.
+  script = (f"import sys, {modules}; "
             "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
