@@ -75,10 +75,10 @@ def step_checksums(step_dir: str) -> dict[str, str]:
 def _on_host(tree: Any) -> Any:
   """`tree` with its replicated jax Arrays copied to NumPy; other leaves (sharded arrays, scalars) as they are.
 
-  Orbax saves a NumPy array in about half the time of the same replicated
-  jax Array (0.24 s against 0.49 s for a test model's 92-leaf state, 2-core
-  VM, 2026-12-03): it skips the per-array replica slicing and the background
-  device-to-host transfer. The files are the same zarr arrays, restored into
+  Orbax saves NumPy arrays in about half the time of the same replicated
+  jax Arrays (a test model's 150-array state: 0.27-0.36 s against
+  0.56-0.88 s, docs/benchmarks.md): it skips the per-array replica slicing
+  and the background device-to-host transfer. The files are the same zarr arrays, restored into
   the target's shardings as before.
   """
   return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_replicated else x, tree)

@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv, run_hooks: hooks.Hooks = hooks.NONE):
   runtime.setup_command(argv, tensorflow=False)
   # Imported here, and train only after the workdir path and the config are checked: a bad flag, workdir or
-  # config is reported before TensorFlow loads (in ~3 s instead of ~8-10 s, measured on a 2-core VM).
+  # config is reported before TensorFlow loads (a bad scenario: 3.2 s instead of 10.6 s, docs/benchmarks.md).
   from incseg_jax import distributed  # pylint: disable=g-import-not-at-top
   from incseg_jax import validate  # pylint: disable=g-import-not-at-top
   from incseg_jax import workdir  # pylint: disable=g-import-not-at-top

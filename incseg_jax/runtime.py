@@ -43,7 +43,8 @@ def setup(tensorflow: bool = True) -> None:
   """Compilation cache on; TensorFlow hidden from GPUs/TPUs (`tensorflow=False`: later, by the caller); a fast exit."""
   use_compilation_cache()
   # At exit the interpreter's last garbage collection walks every object TensorFlow, JAX and flax made. After
-  # a 3-step shapes run that exit took 2.0 s, and 0.8 s with every object frozen first (2-core VM, 2026-12-03).
+  # a 3-step shapes run that exit took 1.8-1.9 s, and 0.4-0.5 s with every object frozen first
+  # (docs/benchmarks.md, "Overheads of a small run").
   # The collection skips frozen objects; reference cycles among them are left to the OS, which takes the
   # process's memory back anyway, and Python never promised their finalizers run at exit.
   atexit.register(gc.freeze)

@@ -54,8 +54,8 @@ PI_EPS = 1e-20
 
 
 # The start-of-step computations below (`*_init`, the scores, the normalisation) take and give host arrays and
-# use NumPy: run as eager jnp, every op on every parameter was its own dispatch and compile, 3.2 s of PI's
-# init at a test model's step 1 against 0.02 s (2-core VM, 2026-12-03). NumPy's float32 arithmetic is
+# use NumPy: run as eager jnp, every op on every parameter was its own dispatch and compile, 2.7 s of PI's
+# init at a test model's step 1 against 0.02 s (docs/benchmarks.md). NumPy's float32 arithmetic is
 # exactly the equations' (eager XLA divided the normalisation by its scalar denominator 1 ulp differently).
 def _normalized(tree, normalize: bool):
   return jax.tree.map(lambda x: state_lib.minmax_normalize(x, EPS) if normalize else np.asarray(x, np.float32), tree)
