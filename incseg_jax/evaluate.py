@@ -58,7 +58,7 @@ def with_classifier_of(variables: dict, donor: dict) -> dict:
 
 
 def evaluate(workdir: str, task_index: int | None = None, split: str = "",
-             classifier_from_step: int | None = None) -> dict:
+             classifier_from_step: int | None = None, config=None) -> dict:
   """Restores task step `task_index` of the run in `workdir` and evaluates it.
 
   Args:
@@ -67,6 +67,8 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
     split: the evaluation split ("": the one the run evaluated on).
     classifier_from_step: an earlier (or the same) task step of the run whose
       classifier entries replace step `task_index`'s (`with_classifier_of`).
+    config: the run's config as `workdir.read_config(workdir)` returned it
+      (None: read here), so a caller that checked it first reads it once.
 
   Raises:
     ValueError: no run there, the step does not exist / has no checkpoint, or
@@ -76,9 +78,11 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
   # Imported here: this module loads no TensorFlow, so `main` names a bad --workdir before TensorFlow loads.
   from incseg_jax import evaluation  # pylint: disable=g-import-not-at-top
   # Only reads: no lock, so a finished step can be evaluated while the run trains the next.
-  workdir_lib.check_path(workdir, write=False)
-  config = workdir_lib.read_config(workdir)
+  if config is None:
+    workdir_lib.check_path(workdir, write=False)
+    config = workdir_lib.read_config(workdir)
   if split:
+    config = config.copy_and_resolve_references()  # the caller's stays as read
     config.dataset.eval_split = split
   exp = experiment_lib.build(config)
   n = exp.num_steps
@@ -116,11 +120,11 @@ def _check_checkpoint(workdir: str, task_index: int, flag: str) -> None:
 def main(argv):
   runtime.setup_command(argv, tensorflow=False)
   with runtime.clear_errors():
-    # The workdir and its config first (evaluate reads them again, cheaply): a wrong --workdir costs seconds.
+    # The workdir and its config before TensorFlow loads: a wrong --workdir costs seconds.
     workdir_lib.check_path(_WORKDIR.value, write=False)
-    workdir_lib.read_config(_WORKDIR.value)
+    config = workdir_lib.read_config(_WORKDIR.value)
     runtime.hide_accelerators_from_tensorflow()
-    record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _CLASSIFIER_FROM.value)
+    record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _CLASSIFIER_FROM.value, config=config)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(record, f, indent=1)

@@ -40,7 +40,6 @@ from matplotlib.patches import Patch
 import numpy as np
 
 from incseg_jax import checkpointing
-from incseg_jax import evaluation
 from incseg_jax import experiment as experiment_lib
 from incseg_jax import files
 from incseg_jax import reporting
@@ -371,6 +370,8 @@ def prediction_grid(path: str, images: int, mesh=None) -> Grid:
   Raises:
     ValueError: no run there, or no finished task step.
   """
+  # Imported here: it loads TensorFlow (~5 s), which the other figures do not need.
+  from incseg_jax import evaluation  # pylint: disable=g-import-not-at-top
   config = workdir_lib.read_config(path, flag="plot: run directory")
   exp = experiment_lib.build(config)
   steps = [k for k in range(exp.num_steps) if checkpointing.is_done(path, k)]
@@ -463,10 +464,23 @@ def write_runs(run_dirs: Sequence[str], out_dir: str, images: int = 0, mesh=None
   Raises:
     ValueError: bad arguments or runs that do not fit one figure, each named.
   """
+  return _write(checked_runs(run_dirs, out_dir, images), out_dir, images, mesh)
+
+
+def checked_runs(run_dirs: Sequence[str], out_dir: str, images: int) -> list[Run]:
+  """`write_runs`' checks of its arguments; returns the runs read.
+
+  Raises:
+    ValueError: as `write_runs`.
+  """
   _check_images(images)
   _check_out(out_dir)
   runs = [load_run(path) for path in run_dirs]
   check_runs(runs)
+  return runs
+
+
+def _write(runs: Sequence[Run], out_dir: str, images: int, mesh) -> list[str]:
   os.makedirs(out_dir, exist_ok=True)
   written = []
   bands = seed_bands(runs)
@@ -510,14 +524,18 @@ def main(argv):
   if not fv["verbosity"].present:
     # orbax warns at every read-only restore (three lines per task step of every run): errors only.
     logging.set_verbosity(logging.ERROR)
-  runtime.setup()
+  runtime.setup(tensorflow=False)
   with runtime.clear_errors():
     out = fv.out
     if not out:
       if len(workdirs) > 1:
         raise ValueError(f"{len(workdirs)} WORKDIRs given: say where the plots go with --out=DIR")
       out = os.path.join(workdirs[0], "plots")
-    for path in write_runs(find_runs(workdirs), out, fv.images):
+    # Flags and runs are checked before TensorFlow loads; only the prediction grids need it.
+    runs = checked_runs(find_runs(workdirs), out, fv.images)
+    if fv.images:
+      runtime.hide_accelerators_from_tensorflow()
+    for path in _write(runs, out, fv.images, None):
       print(path, flush=True)
 
 

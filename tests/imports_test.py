@@ -37,11 +37,11 @@ def test_every_module_imports_beside_every_other():
 
 # One process each: the two commands both define --workdir.
 @pytest.mark.parametrize("modules", ["incseg_jax.main, incseg_jax.validate, incseg_jax.distributed, incseg_jax.workdir",
-                                     "incseg_jax.evaluate"])
+                                     "incseg_jax.evaluate", "incseg_jax.plot"])
 def test_config_checks_load_no_tensorflow(modules):
   # main.py checks the workdir path and the config before it imports train (evaluate.py the workdir before it
-  # imports evaluation): a bad one is named in ~3 s, not after TensorFlow's ~5-10 s import. A module these
-  # import that pulls TensorFlow in at import time undoes that.
+  # imports evaluation; plot its flags and runs before the prediction grids): a bad one is named in ~3 s, not
+  # after TensorFlow's ~5-10 s import. A module these import that pulls TensorFlow in at import time undoes that.
   script = (f"import sys, {modules}; "
             "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -2,6 +2,7 @@
 
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.extend.core
@@ -483,6 +484,17 @@ def test_init_compiled_at_o1_is_bit_identical_to_the_default_level():
   assert np.std(np.asarray(fast[0])) > 0  # random, not a constant
 
 
+def test_init_runs_inside_another_trace():
+  # JAX refuses compiler options on a nested jit: under a trace `jit_init` must fall back to a plain jit, both
+  # when an argument is a tracer and when every argument is a closed-over concrete array.
+  init = jit_init(lambda key, x: jax.random.normal(key, (3,)) + x.sum())
+  key, x = jax.random.key(0), np.ones(2, np.float32)
+  expected = np.asarray(init(key, x))
+  assert jax.eval_shape(lambda k: init(k, x), key).shape == (3,)
+  assert jax.eval_shape(lambda: init(key, x)).shape == (3,)
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda: init(key, x))()), expected)
+
+
 def test_traced_functions_are_shared_by_equal_models_only():
   # evaluation, prediction, teacher forward and initialisation are memoised by model value (flax modules compare
   # by their fields): a model equal in every field reuses them; one field apart (dtype, bn_frozen) must not.
@@ -503,3 +515,59 @@ def test_traced_functions_are_shared_by_equal_models_only():
   assert all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(second)))
   wider = abstract_variables(others[2], 32)
   assert wider['params']['classifier']['head_1']['kernel'].shape[-1] == 2
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('use_running_average', [False, True])
+def test_batch_norm_is_bit_for_bit_flaxs(dtype, use_running_average):
+  # resnet.BatchNorm writes flax's nn.BatchNorm out in fewer ops (its trace is faster); outputs, gradients and the
+  # updated running statistics must be flax's exactly, so checkpoints and published figures do not move.
+  ours = resnet.BatchNorm(use_running_average=use_running_average, dtype=dtype)
+  flaxs = nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, epsilon=resnet.BN_EPSILON,
+                       use_fast_variance=False, dtype=dtype)
+  x = (3 + 2 * jax.random.normal(jax.random.key(0), (4, 5, 7, 6))).astype(dtype)
+  init_ours, init_flax = ours.init(jax.random.key(1), x), flaxs.init(jax.random.key(1), x)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), init_ours) == jax.tree.map(lambda a: (a.shape, a.dtype),
+                                                                               init_flax)
+  k = jax.random.split(jax.random.key(2), 4)
+  variables = {'params': {'scale': 1 + jax.random.normal(k[0], (6,)), 'bias': jax.random.normal(k[1], (6,))},
+               'batch_stats': {'mean': jax.random.normal(k[2], (6,)), 'var': 1 + jax.random.uniform(k[3], (6,))}}
+
+  def run(module):
+    def loss(params, x):
+      y, new = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, new)
+    (value, (y, new)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        variables['params'], x)
+    return value, y, new, grads
+
+  a, b = run(ours), run(flaxs)
+  assert a[1].dtype == dtype
+  for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(p, np.float32), np.asarray(q, np.float32))
+  moved = not np.array_equal(a[2]['batch_stats']['mean'], variables['batch_stats']['mean'])
+  assert moved != use_running_average  # updated from the batch in training mode only
+
+
+def test_param_shape_is_checked_without_flaxs_trace():
+  conv = Conv(4, 3)
+  x = jnp.zeros((1, 8, 8, 2))
+  variables = conv.init(jax.random.key(0), x)
+  with pytest.raises(flax.errors.ScopeParamShapeError, match=r'\(3, 3, 2, 4\)'):
+    conv.apply(variables, jnp.zeros((1, 8, 8, 5)))  # a kernel for 2 input channels given 5
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_activations_are_jax_nns_bit_for_bit(dtype):
+  # resnet's relu / leaky_relu are jax.nn's in lax (no nested jit to trace): the same values and gradients,
+  # relu's gradient 0 at 0 included, and NaN / inf propagate as they do there (a non-finite step must stay one).
+  x = jnp.asarray(np.r_[np.linspace(-3, 3, 61), 0.0, -0.0, np.inf, -np.inf, np.nan], dtype)
+  for ours, theirs in [(resnet.relu, jax.nn.relu),
+                       (resnet.leaky_relu, lambda v: jax.nn.leaky_relu(v, resnet.LEAKY_RELU_SLOPE))]:
+    for f in (lambda v, a=ours: a(v), lambda v, a=theirs: a(v)):
+      assert f(x).dtype == dtype
+    grad = lambda a: jax.grad(lambda v: jnp.sum(a(v).astype(jnp.float32) * jnp.arange(x.size)))(x)
+    for p, q in [(ours(x), theirs(x)), (jax.jit(ours)(x), jax.jit(theirs)(x)), (grad(ours), grad(theirs))]:
+      np.testing.assert_array_equal(np.asarray(p, np.float32), np.asarray(q, np.float32))
+      assert np.array_equal(np.signbit(np.asarray(p, np.float32)), np.signbit(np.asarray(q, np.float32)))
+  assert resnet.ACTIVATIONS['relu'] is resnet.relu and resnet.ACTIVATIONS['leaky_relu'] is resnet.leaky_relu

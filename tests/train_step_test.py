@@ -208,3 +208,16 @@ def test_a_skipped_batch_leaves_the_method_state_unchanged():
   assert not bool(metrics["finite"])
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.method_state)):
     np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_global_norm_is_optaxs_bit_for_bit():
+  # The train step's gradient norm (its finiteness check and logged metric) is optax.tree.norm written in lax.
+  keys = jax.random.split(jax.random.key(5), 4)
+  tree = {"conv": {"kernel": 1e-3 * jax.random.normal(keys[0], (3, 3, 8, 16))},
+          "bn": {"scale": jax.random.normal(keys[1], (16,)), "bias": jnp.zeros((16,))},
+          "step": jax.random.normal(keys[2], ()), "big": 1e18 * jax.random.normal(keys[3], (5, 7))}
+  for t in (tree, {"only": tree["bn"]["bias"]}, dict(tree, big=jnp.full((5, 7), jnp.inf))):
+    for wrap in (lambda f: f, jax.jit):
+      np.testing.assert_array_equal(np.asarray(wrap(ts.global_norm)(t)), np.asarray(wrap(optax.tree.norm)(t)))
+  expected = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(float(ts.global_norm(tree)), expected, rtol=1e-5)

@@ -63,6 +63,9 @@ def test_run_writes_results_and_evaluate_reproduces(ft_run):
   assert record["metrics"] == res["steps"][1]["metrics"]
   held_out = evaluate.evaluate(workdir, split="test")  # shapes' test split: other images, other numbers
   assert held_out["task_step"] == 1 and held_out["metrics"]["miou"] != record["metrics"]["miou"]
+  saved = workdir_lib.read_config(workdir)  # as evaluate.main hands it over: read once, left as read
+  assert evaluate.evaluate(workdir, split="test", config=saved)["metrics"] == held_out["metrics"]
+  assert saved.dataset.eval_split != "test"
   with pytest.raises(ValueError, match="split 'nope' not in dataset shapes"):
     evaluate.evaluate(workdir, split="nope")
   # The classifier diagnostic: a step's own classifier changes nothing; a later step is refused.

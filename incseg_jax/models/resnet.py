@@ -26,13 +26,15 @@ residual blocks (and its BatchNorm) a parallel twin `<name>_new`, mixed per
 channel before the activation / residual add; the plain names are kept.
 """
 
-import functools
+import math
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 # torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu').
 KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -50,11 +52,26 @@ BN_EPSILON = 1e-5
 
 # in-place-ABN's default (activation_param=0.01), used by MiB/PLOP/UCD.
 LEAKY_RELU_SLOPE = 0.01
-ACTIVATIONS = {
-    'relu': nn.relu,
-    'leaky_relu': functools.partial(nn.leaky_relu,
-                                    negative_slope=LEAKY_RELU_SLOPE),
-}
+
+
+# jax.nn.relu and jax.nn.leaky_relu written in lax: the same values and gradients (relu's is 0 at 0, as
+# jax.nn's), without the nested jit each call of those traces (docs/benchmarks.md, "Tracing").
+@jax.custom_jvp
+def relu(x):
+  """`jax.nn.relu`: max(x, 0), gradient 0 at 0."""
+  return lax.max(x, lax.full_like(x, 0))
+
+
+relu.defjvps(lambda g, ans, x: lax.select(lax.gt(x, lax.full_like(x, 0)), g, lax.full_like(g, 0)))
+
+
+def leaky_relu(x):
+  """`jax.nn.leaky_relu(x, LEAKY_RELU_SLOPE)`: x where x >= 0, else slope * x."""
+  slope = lax.full_like(x, LEAKY_RELU_SLOPE)
+  return lax.select(lax.ge(x, lax.full_like(x, 0)), x, lax.mul(slope, x))
+
+
+ACTIVATIONS = {'relu': relu, 'leaky_relu': leaky_relu}
 
 
 def activation_fn(name: str):
@@ -73,6 +90,27 @@ def conv(features, kernel, stride=1, dilation=1, *, name, dtype=jnp.float32):
   checkpoints. The module is `Conv` (nn.Conv's parameter layout).
   """
   return Conv(features, kernel, stride, dilation, dtype=dtype, name=name)
+
+
+def param(module, name, init_fn, shape):
+  """`module.param(name, init_fn, shape, float32)`, without flax's trace of `init_fn` when the parameter exists.
+
+  When a parameter exists (every apply), flax's `param` checks its shape
+  against `jax.eval_shape` of the initialiser: one trace of the truncated
+  normal per convolution per forward, 1 s of the ~6 s a ResNet-101 student +
+  teacher step took to trace (docs/benchmarks.md, "Tracing"). The same shape
+  check is done here on the shape the module asks for.
+
+  Raises:
+    flax.errors.ScopeParamShapeError: the existing parameter has another shape.
+  """
+  shape = tuple(shape)
+  if not module.has_variable('params', name):
+    return module.param(name, init_fn, shape, jnp.float32)
+  value = module.get_variable('params', name)
+  if tuple(value.shape) != shape:
+    raise flax.errors.ScopeParamShapeError(name, module.scope.path_text, tuple(value.shape), shape)
+  return value
 
 
 class Conv(nn.Module):
@@ -99,7 +137,7 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param('kernel', KAIMING_NORMAL, (k, k, x.shape[-1], self.features), jnp.float32)
+    kernel = param(self, 'kernel', KAIMING_NORMAL, (k, k, x.shape[-1], self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     return conv2d(x, kernel, self.stride, self.dilation)
 
@@ -245,9 +283,57 @@ def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
   never written even when `train=True` (scale/bias freezing is the
   optimizer's job, not the module's).
   """
-  return nn.BatchNorm(
-      use_running_average=(not train) or bn_frozen, momentum=0.9, epsilon=BN_EPSILON,
-      use_fast_variance=False, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=(not train) or bn_frozen, dtype=dtype, name=name)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm(momentum=0.9, epsilon=BN_EPSILON, use_fast_variance=False)` over the last axis, in fewer ops.
+
+  The same variables (params scale / bias, batch_stats mean / var, float32)
+  and the same arithmetic in the same order as flax's module, so values,
+  gradients and running statistics are bit for bit flax's
+  (tests/models_test.py). Written out because flax's goes through `jnp`
+  functions that are each a nested jit and a shape-checking trace of its
+  initialisers: 2.3 s of the 5.8 s a ResNet-101 student + teacher step took
+  to trace (docs/benchmarks.md, "Tracing").
+
+  Statistics are reduced in float32 whatever `dtype`; the output is `dtype`.
+
+  Attributes:
+    use_running_average: normalise with the running statistics (and leave
+      them unchanged) instead of the batch's.
+    dtype: dtype of the output.
+  """
+
+  use_running_average: bool
+  dtype: Any = jnp.float32
+  momentum: float = 0.9
+  epsilon: float = BN_EPSILON
+
+  @nn.compact
+  def __call__(self, x):
+    # lax throughout: every jnp operator is a nested jit to trace; each line is one of flax's, in its order.
+    f32, c, last = np.float32, x.shape[-1], x.ndim - 1  # NumPy scalars: jnp.float32(v) puts one on a device
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf, axes = lax.convert_element_type(x, f32), tuple(range(last))
+      n = f32(math.prod(x.shape[:last]))
+      mean = lax.div(lax.reduce_sum(xf, axes), n)
+      var = lax.div(lax.reduce_sum(lax.square(lax.sub(xf, lax.broadcast_in_dim(mean, xf.shape, (last,)))), axes), n)
+      if not self.is_initializing():
+        keep, take = f32(self.momentum), f32(1 - self.momentum)
+        ra_mean.value = lax.add(lax.mul(keep, ra_mean.value), lax.mul(take, mean))
+        ra_var.value = lax.add(lax.mul(keep, ra_var.value), lax.mul(take, var))
+    scale = param(self, 'scale', nn.initializers.ones, (c,))
+    bias = param(self, 'bias', nn.initializers.zeros, (c,))
+    per_channel = lambda v: lax.broadcast_in_dim(v, x.shape, (last,))
+    mul = lax.mul(lax.rsqrt(lax.add(var, f32(self.epsilon))), scale)
+    y = lax.mul(lax.sub(lax.convert_element_type(x, f32), per_channel(mean)), per_channel(mul))
+    y = lax.add(y, per_channel(bias))
+    return lax.convert_element_type(y, self.dtype)
 
 
 def conv_bn(parent, x, features, kernel, stride=1, dilation=1, *, conv_name, bn_name, train, bn_frozen,

@@ -31,12 +31,21 @@ def jit_init(fn):
 
   Called inside another trace (e.g. under `jax.eval_shape`), where JAX
   refuses compiler options on a nested jit, it is a plain `jax.jit(fn)`.
+  A traced argument shows the nesting up front; a trace whose arguments are
+  all concrete (closed-over arrays) is only seen when JAX refuses the options,
+  and then the call is retried without them.
   """
   fast, nested = jax.jit(fn, compiler_options=INIT_COMPILER_OPTIONS), jax.jit(fn)
 
   def call(*args):
-    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args))
-    return (nested if traced else fast)(*args)
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+      return nested(*args)
+    try:
+      return fast(*args)
+    except ValueError as e:
+      if 'compiler_options' not in str(e) or 'nested jit' not in str(e):
+        raise
+      return nested(*args)
 
   return call
 
