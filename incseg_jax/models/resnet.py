@@ -97,8 +97,8 @@ def param(module, name, init_fn, shape):
 
   When a parameter exists (every apply), flax's `param` checks its shape
   against `jax.eval_shape` of the initialiser: one trace of the truncated
-  normal per convolution per forward, 1 s of the ~6 s a ResNet-101 student +
-  teacher step took to trace (docs/benchmarks.md, "Tracing"). The same shape
+  normal per convolution per forward: 18% of a ResNet-101 student + teacher
+  step's trace under cProfile (docs/benchmarks.md, "Tracing"). The same shape
   check is done here on the shape the module asks for.
 
   Raises:
@@ -294,8 +294,8 @@ class BatchNorm(nn.Module):
   gradients and running statistics are bit for bit flax's
   (tests/models_test.py). Written out because flax's goes through `jnp`
   functions that are each a nested jit and a shape-checking trace of its
-  initialisers: 2.3 s of the 5.8 s a ResNet-101 student + teacher step took
-  to trace (docs/benchmarks.md, "Tracing").
+  initialisers: 40% of a ResNet-101 student + teacher step's trace under
+  cProfile (docs/benchmarks.md, "Tracing").
 
   Statistics are reduced in float32 whatever `dtype`; the output is `dtype`.
 
