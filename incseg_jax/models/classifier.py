@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from incseg_jax.models import resnet
+
 
 class IncrementalClassifier(nn.Module):
   """Concatenation of per-step 1x1 conv heads, in step order.
@@ -64,10 +66,8 @@ class SSULHead(nn.Module):
     width = x.shape[-1]
     x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_SSUL_INIT,
                 dtype=self.dtype, name='conv')(x)
-    # PyTorch defaults (torch momentum 0.1 == flax 0.9), as the backbone's BatchNorm.
-    x = nn.BatchNorm(use_running_average=(not train) or self.bn_frozen, momentum=0.9, epsilon=1e-5,
-                     use_fast_variance=False, dtype=self.dtype, name='bn')(x)
-    x = nn.relu(x)
+    # The backbone's BatchNorm (PyTorch defaults) and ReLU.
+    x = resnet.relu(resnet.batch_norm(train, self.bn_frozen, name='bn', dtype=self.dtype)(x))
     return nn.Conv(self.num_classes, (1, 1), kernel_init=_SSUL_INIT, dtype=self.dtype, name='logits')(x)
 
 
