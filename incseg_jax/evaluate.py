@@ -67,8 +67,8 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
     split: the evaluation split ("": the one the run evaluated on).
     classifier_from_step: an earlier (or the same) task step of the run whose
       classifier entries replace step `task_index`'s (`with_classifier_of`).
-    config: the run's config as `workdir.read_config(workdir)` returned it
-      (None: read here), so a caller that checked it first reads it once.
+    config: the run's config as `run_config(workdir)` returned it (None:
+      read here), so a caller that checked it first reads it once.
 
   Raises:
     ValueError: no run there, the step does not exist / has no checkpoint, or
@@ -77,10 +77,8 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
   """
   # Imported here: this module loads no TensorFlow, so `main` names a bad --workdir before TensorFlow loads.
   from incseg_jax import evaluation  # pylint: disable=g-import-not-at-top
-  # Only reads: no lock, so a finished step can be evaluated while the run trains the next.
   if config is None:
-    workdir_lib.check_path(workdir, write=False)
-    config = workdir_lib.read_config(workdir)
+    config = run_config(workdir)
   if split:
     config = config.copy_and_resolve_references()  # the caller's stays as read
     config.dataset.eval_split = split
@@ -112,6 +110,16 @@ def evaluate(workdir: str, task_index: int | None = None, split: str = "",
   return record
 
 
+def run_config(workdir: str):
+  """The config saved in the run directory `workdir`.
+
+  Read without the run's lock (evaluation only reads), so a finished step can
+  be evaluated while the run trains the next.
+  """
+  workdir_lib.check_path(workdir, write=False)
+  return workdir_lib.read_config(workdir)
+
+
 def _check_checkpoint(workdir: str, task_index: int, flag: str) -> None:
   if not os.path.isdir(checkpointing.task_dir(workdir, task_index)):
     raise ValueError(f"{flag}={task_index}: no checkpoint for this task step in {workdir}")
@@ -121,8 +129,7 @@ def main(argv):
   runtime.setup_command(argv, tensorflow=False)
   with runtime.clear_errors():
     # The workdir and its config before TensorFlow loads: a wrong --workdir costs seconds.
-    workdir_lib.check_path(_WORKDIR.value, write=False)
-    config = workdir_lib.read_config(_WORKDIR.value)
+    config = run_config(_WORKDIR.value)
     runtime.hide_accelerators_from_tensorflow()
     record = evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _CLASSIFIER_FROM.value, config=config)
   if _JSON.value:
