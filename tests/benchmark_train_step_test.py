@@ -75,12 +75,24 @@ def test_mfu_arithmetic_on_hand_numbers():
     ("peak_tflops", math.nan, "--peak_tflops=nan: expected a positive finite number"),
     ("compare", "tf", "--compare='tf': expected 'torch' or nothing"),
     ("torch_python", "/usr/bin/python3", "only used with --compare=torch"),
+    ("torch_malloc", "tcmalloc", "--torch_malloc='tcmalloc': expected one of same, system"),
     ("threads", -2, "--threads=-2: expected a non-negative integer"),
     ("pipeline_batches", -1, "--pipeline_batches=-1: expected a non-negative integer"),
 ])
 def test_bad_flag_values_are_named(field, value, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
     bench.check_options(bench.Options(**{field: value}))
+
+
+def test_the_twin_gets_this_process_allocator_setting_on_a_cpu_only(monkeypatch):
+  from incseg_jax import allocator  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(allocator, "state", "tuned")
+  assert bench.twin_malloc("same", "cpu") == "tuned"
+  assert bench.twin_malloc("system", "cpu") == "system"  # torch as a plain script runs it
+  assert bench.twin_malloc("same", "cuda") == "system"
+  monkeypatch.setattr(allocator, "state", "system (INCSEG_JAX_MALLOC=system)")
+  assert bench.twin_malloc("same", "cpu") == "system"
+  assert "C allocator system (INCSEG_JAX_MALLOC=system)" in bench.report(_fake_results())[0]
 
 
 def test_both_peaks_are_refused():
@@ -156,7 +168,7 @@ def _fake_results(memory="default", flops=1e12, mfu=0.25, torch=None):
   setting = dict(jax="0", platform="cpu", device_kind="cpu", devices=1, threads=1, dataset="shapes", task="15-1",
                  method="ft", task_step=1, channels=[16, 17], decoder="deeplab_v3", backbone="resnet_small",
                  output_stride=8, crop=64, batch=4, dtype="float32", terms=[["ce", 1.0, {}]], teacher="auto",
-                 teacher_status="passed", notes=[])
+                 teacher_status="passed", malloc="system (INCSEG_JAX_MALLOC=system)", notes=[])
   if memory == "default":
     memory = dict(peak=2**30, argument=2**29, temp=2**29, output=0, alias=0, source="x")
   measured = dict(build_s=1.0, compile_s=2.0, first_step_s=0.5, time_to_first_step_s=3.5,

@@ -18,8 +18,9 @@ JSON (`train_step.setting`):
   /path/to/torchvenv/bin/python -m incseg_jax.benchmarks.torch_twin --setting=setting.json [--out=result.json]
 
 Nothing here imports torch at module level, and only the standard library
-otherwise, so the benchmark can call `check_setting` without torch and the
-twin runs without jax.
+otherwise (`incseg_jax.allocator` is standard library only too), so the
+benchmark can call `check_setting` without torch and the twin runs without
+jax.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import statistics
 import sys
 import time
 from typing import Any
+
+from incseg_jax import allocator  # standard library only; its setting was applied when the package was imported
 
 # Term -> option -> accepted values (None: any number); anything else is refused by `check_setting`.
 SUPPORTED_TERMS = {
@@ -315,8 +318,8 @@ def run(s: dict) -> dict:
   median = statistics.median(wall)
   mode = "eager " + device.type + (", channels-last" if device.type == "cuda" else "")
   mode += f", autocast {s['dtype']}" if dtype is not None else ", float32"
-  return dict(torch=torch.__version__, mode=mode, threads=torch.get_num_threads(), build_s=build_s,
-              first_step_s=first, step_s_median=median, step_s_min=min(wall), step_s_max=max(wall),
+  return dict(torch=torch.__version__, mode=mode, threads=torch.get_num_threads(), malloc=allocator.state,
+              build_s=build_s, first_step_s=first, step_s_median=median, step_s_min=min(wall), step_s_max=max(wall),
               cpu_s_median=statistics.median(cpu), images_per_s=b / median, steps=len(wall), nonfinite_steps=bad,
               flops=flops, peak_memory_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else None)
 

@@ -65,6 +65,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from incseg_jax import allocator
 from incseg_jax import runtime
 
 def _define_flags() -> dict[str, Any]:
@@ -83,6 +84,9 @@ def _define_flags() -> dict[str, Any]:
       "compare": flags.DEFINE_string("compare", "", "'torch': also time the same step in plain PyTorch."),
       "torch_python": flags.DEFINE_string("torch_python", "", "Python interpreter with torch for --compare=torch "
                                           "('': this one)."),
+      "torch_malloc": flags.DEFINE_string(
+          "torch_malloc", "same", "The torch twin's C allocator settings: same (this process's, incseg_jax.allocator,"
+          " on a CPU twin) or system (glibc's defaults, as a plain torch script runs)."),
       "threads": flags.DEFINE_integer("threads", 0, "CPU threads for the computation (XLA, torch) and tf.data (0: "
                                       "default)."),
       "pipeline_batches": flags.DEFINE_integer("pipeline_batches", 20, "Batches timed of the real input pipeline "
@@ -111,6 +115,7 @@ PEAK_TFLOPS = {
 }
 TEACHER_MODES = ("auto", "on", "off")
 COMPARE_WITH = ("", "torch")
+TORCH_MALLOC = ("same", "system")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,7 @@ class Options:
   device_kind: str = ""
   compare: str = ""
   torch_python: str = ""
+  torch_malloc: str = "same"
   threads: int = 0
   pipeline_batches: int = 20
   json: str = ""
@@ -148,6 +154,8 @@ def check_options(opts: Options) -> None:
                      "(both name the peak)")
   if opts.compare not in COMPARE_WITH:
     raise ValueError(f"--compare={opts.compare!r}: expected 'torch' or nothing")
+  if opts.torch_malloc not in TORCH_MALLOC:
+    raise ValueError(f"--torch_malloc={opts.torch_malloc!r}: expected one of {', '.join(TORCH_MALLOC)}")
   if opts.torch_python and opts.compare != "torch":
     raise ValueError(f"--torch_python={opts.torch_python}: only used with --compare=torch")
   if not isinstance(opts.threads, int) or opts.threads < 0:
@@ -474,7 +482,7 @@ def setting(bench: Bench, opts: Options) -> dict:
       ignore_label=spec.info.ignore_label, frozen=list(spec.frozen), learning_rate=spec.learning_rate,
       momentum=cfg.optim.momentum, nesterov=bool(cfg.optim.nesterov), weight_decay=cfg.optim.weight_decay,
       platform=device.platform, device_kind=device.device_kind, devices=jax.device_count(),
-      threads=opts.threads, jax=jax.__version__, notes=list(bench.notes))
+      threads=opts.threads, jax=jax.__version__, malloc=allocator.state, notes=list(bench.notes))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -579,6 +587,7 @@ def compare_torch(setting_: dict, opts: Options) -> dict:
     with open(path, "w") as f:
       json.dump(twin, f)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env[allocator.ENV] = twin_malloc(opts.torch_malloc, twin["device"])
     out = subprocess.run([opts.torch_python or sys.executable, "-m", "incseg_jax.benchmarks.torch_twin",
                           f"--setting={path}", f"--out={out_path}"], capture_output=True, text=True, env=env)
     if out.returncode or not os.path.exists(out_path):
@@ -586,6 +595,16 @@ def compare_torch(setting_: dict, opts: Options) -> dict:
       return {"failed": f"the torch twin exited {out.returncode}: {tail}"}
     with open(out_path) as f:
       return json.load(f)
+
+
+def twin_malloc(torch_malloc: str, device: str) -> str:
+  """INCSEG_JAX_MALLOC for the torch twin's process: this process's setting on a CPU twin unless 'system'.
+
+  The twin imports this package, whose import applies the setting; on a GPU the setting is not wanted
+  (`allocator`'s docstring), nor does it matter there: the step's buffers are device memory.
+  """
+  same = torch_malloc == "same" and allocator.state == "tuned" and device == "cpu"
+  return "tuned" if same else "system"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -753,7 +772,7 @@ def report(results: dict) -> list[str]:
   s, r = results["setting"], results["measured"]
   lines = [
       f"train-step benchmark, {results['date']}: jax {s['jax']}, {s['platform']} ({s['device_kind']}) x{s['devices']}"
-      f", threads {s['threads'] or 'default'}",
+      f", threads {s['threads'] or 'default'}, C allocator {s.get('malloc', 'n/a')}",
       f"setting: {s['dataset']} {s['task']} method={s['method']}, task step {s['task_step']} "
       f"({s['channels'][0]} -> {s['channels'][1]} channels), {s['decoder']} {s['backbone']} OS{s['output_stride']}, "
       f"crop {s['crop']}, batch {s['batch']}, {s['dtype']}",
@@ -797,7 +816,8 @@ def report(results: dict) -> list[str]:
   elif "skipped" in t or "failed" in t:
     lines.append(f"torch: {'skipped' if 'skipped' in t else 'failed'}: {t.get('skipped') or t.get('failed')}")
   else:
-    lines.append(f"torch {t['torch']} ({t['mode']}, {t['threads']} threads): first step {t['first_step_s']:.2f} s, "
+    lines.append(f"torch {t['torch']} ({t['mode']}, {t['threads']} threads, C allocator {t.get('malloc', 'n/a')}): "
+                 f"first step {t['first_step_s']:.2f} s, "
                  f"step median {1e3 * t['step_s_median']:.1f} ms, process CPU time median {1e3 * t['cpu_s_median']:.1f}"
                  f" ms, images/s {t['images_per_s']:.2f}, conv+matmul FLOPs {_si(t.get('flops'), 'FLOP')}"
                  + (f", peak memory {t['peak_memory_bytes'] / 2**30:.3f} GiB" if t.get("peak_memory_bytes") else ""))
@@ -855,6 +875,7 @@ def main(argv):
   with runtime.clear_errors():
     opts = Options(steps=f["steps"], warmup=f["warmup"], teacher=f["teacher"], peak_tflops=f["peak_tflops"],
                    device_kind=f["device_kind"], compare=f["compare"], torch_python=f["torch_python"],
+                   torch_malloc=f["torch_malloc"],
                    threads=f["threads"], pipeline_batches=f["pipeline_batches"], json=f["json"],
                    profile=f["profile"])
     check_options(opts)  # before TensorFlow and the backend load
