@@ -6,8 +6,8 @@ student + teacher step at 128², batch 2) when the step starts and frees it
 when the step ends. With glibc's default settings such a block is mapped
 with `mmap` and returned with `munmap`, so every step the kernel maps and
 zeroes the whole buffer again, one page fault per 4 KiB page: 113,461 faults
-per step there, about a third of the step's time on a 2-core VM, and a first
-step 3 times as long as a steady one (docs/benchmarks.md, "The allocator").
+per step there. On a 2-core VM the setting below took 13-40% off the CPU
+time of ResNet-50/101 steps (docs/benchmarks.md, "The allocator").
 
 The block is requested from one of XLA's worker threads. glibc gives those
 threads arenas of their own, which grow in heaps of at most 64 MiB and
