@@ -772,7 +772,7 @@ def report(results: dict) -> list[str]:
   s, r = results["setting"], results["measured"]
   lines = [
       f"train-step benchmark, {results['date']}: jax {s['jax']}, {s['platform']} ({s['device_kind']}) x{s['devices']}"
-      f", threads {s['threads'] or 'default'}, C allocator {s.get('malloc', 'n/a')}",
+      f", threads {s['threads'] or 'default'}, C allocator {s['malloc']}",
       f"setting: {s['dataset']} {s['task']} method={s['method']}, task step {s['task_step']} "
       f"({s['channels'][0]} -> {s['channels'][1]} channels), {s['decoder']} {s['backbone']} OS{s['output_stride']}, "
       f"crop {s['crop']}, batch {s['batch']}, {s['dtype']}",
@@ -816,7 +816,7 @@ def report(results: dict) -> list[str]:
   elif "skipped" in t or "failed" in t:
     lines.append(f"torch: {'skipped' if 'skipped' in t else 'failed'}: {t.get('skipped') or t.get('failed')}")
   else:
-    lines.append(f"torch {t['torch']} ({t['mode']}, {t['threads']} threads, C allocator {t.get('malloc', 'n/a')}): "
+    lines.append(f"torch {t['torch']} ({t['mode']}, {t['threads']} threads, C allocator {t['malloc']}): "
                  f"first step {t['first_step_s']:.2f} s, "
                  f"step median {1e3 * t['step_s_median']:.1f} ms, process CPU time median {1e3 * t['cpu_s_median']:.1f}"
                  f" ms, images/s {t['images_per_s']:.2f}, conv+matmul FLOPs {_si(t.get('flops'), 'FLOP')}"
