@@ -26,6 +26,7 @@ residual blocks (and its BatchNorm) a parallel twin `<name>_new`, mixed per
 channel before the activation / residual add; the plain names are kept.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -287,7 +288,7 @@ def batch_norm(train, bn_frozen, *, name, dtype=jnp.float32):
 
 
 class BatchNorm(nn.Module):
-  """`nn.BatchNorm(momentum=0.9, epsilon=BN_EPSILON, use_fast_variance=False)` over the last axis, in fewer ops.
+  """`nn.BatchNorm(momentum=0.9, epsilon=BN_EPSILON, use_fast_variance=False)`, traced once per shape.
 
   The same variables (params scale / bias, batch_stats mean / var, float32)
   and the same arithmetic in the same order as flax's module, so values,
@@ -295,7 +296,9 @@ class BatchNorm(nn.Module):
   (tests/models_test.py). Written out because flax's goes through `jnp`
   functions that are each a nested jit and a shape-checking trace of its
   initialisers: 40% of a ResNet-101 student + teacher step's trace under
-  cProfile (docs/benchmarks.md, "Tracing").
+  cProfile (docs/benchmarks.md, "Tracing"). The arithmetic is one nested
+  jit, `normalize`, so a network traces it once per distinct (shape,
+  mode) instead of once per layer (ResNet-101: 4 shapes for 104 layers).
 
   Statistics are reduced in float32 whatever `dtype`; the output is `dtype`.
 
@@ -312,28 +315,58 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    # lax throughout: every jnp operator is a nested jit to trace; each line is one of flax's, in its order.
-    f32, c, last = np.float32, x.shape[-1], x.ndim - 1  # NumPy scalars: jnp.float32(v) puts one on a device
+    c = x.shape[-1]
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      xf, axes = lax.convert_element_type(x, f32), tuple(range(last))
-      n = f32(math.prod(x.shape[:last]))
-      mean = lax.div(lax.reduce_sum(xf, axes), n)
-      var = lax.div(lax.reduce_sum(lax.square(lax.sub(xf, lax.broadcast_in_dim(mean, xf.shape, (last,)))), axes), n)
-      if not self.is_initializing():
-        keep, take = f32(self.momentum), f32(1 - self.momentum)
-        ra_mean.value = lax.add(lax.mul(keep, ra_mean.value), lax.mul(take, mean))
-        ra_var.value = lax.add(lax.mul(keep, ra_var.value), lax.mul(take, var))
     scale = param(self, 'scale', nn.initializers.ones, (c,))
     bias = param(self, 'bias', nn.initializers.zeros, (c,))
-    per_channel = lambda v: lax.broadcast_in_dim(v, x.shape, (last,))
-    mul = lax.mul(lax.rsqrt(lax.add(var, f32(self.epsilon))), scale)
-    y = lax.mul(lax.sub(lax.convert_element_type(x, f32), per_channel(mean)), per_channel(mul))
-    y = lax.add(y, per_channel(bias))
-    return lax.convert_element_type(y, self.dtype)
+    y, mean, var = normalize(x, scale, bias, ra_mean.value, ra_var.value, batch_statistics=not self.use_running_average,
+                              momentum=self.momentum, epsilon=self.epsilon, dtype=jnp.dtype(self.dtype))
+    if not self.use_running_average and not self.is_initializing():
+      ra_mean.value, ra_var.value = mean, var
+    return y
+
+
+@functools.partial(jax.jit, static_argnames=('batch_statistics', 'momentum', 'epsilon', 'dtype'))
+def normalize(x, scale, bias, ra_mean, ra_var, *, batch_statistics: bool, momentum: float, epsilon: float,
+               dtype: np.dtype):
+  """`BatchNorm`'s arithmetic over the last axis: flax's operations, in flax's order.
+
+  A jit of its own: inside a traced step each call is one cached equation,
+  not the ~20 operations that JAX's differentiation would trace again at
+  every layer (XLA inlines it: the compiled step is the same).
+
+  Args:
+    x: (..., C) input.
+    scale, bias: (C,) float32 parameters.
+    ra_mean, ra_var: (C,) float32 running statistics.
+    batch_statistics: normalise with the batch's statistics (training)
+      rather than the running ones.
+    momentum: weight of the old running statistics in their update.
+    epsilon: added to the variance.
+    dtype: dtype of the output.
+
+  Returns:
+    (y, mean, var): the output in `dtype`; with `batch_statistics` the
+    updated running statistics, else `ra_mean` and `ra_var` unchanged.
+  """
+  # lax throughout: every jnp operator is a nested jit to trace; each line is one of flax's, in its order.
+  f32, last = np.float32, x.ndim - 1  # NumPy scalars: jnp.float32(v) puts one on a device
+  if batch_statistics:
+    xf, axes = lax.convert_element_type(x, f32), tuple(range(last))
+    n = f32(math.prod(x.shape[:last]))
+    mean = lax.div(lax.reduce_sum(xf, axes), n)
+    var = lax.div(lax.reduce_sum(lax.square(lax.sub(xf, lax.broadcast_in_dim(mean, xf.shape, (last,)))), axes), n)
+    keep, take = f32(momentum), f32(1 - momentum)
+    new_mean = lax.add(lax.mul(keep, ra_mean), lax.mul(take, mean))
+    new_var = lax.add(lax.mul(keep, ra_var), lax.mul(take, var))
+  else:
+    mean, var, new_mean, new_var = ra_mean, ra_var, ra_mean, ra_var
+  per_channel = lambda v: lax.broadcast_in_dim(v, x.shape, (last,))
+  mul = lax.mul(lax.rsqrt(lax.add(var, f32(epsilon))), scale)
+  y = lax.mul(lax.sub(lax.convert_element_type(x, f32), per_channel(mean)), per_channel(mul))
+  y = lax.add(y, per_channel(bias))
+  return lax.convert_element_type(y, dtype), new_mean, new_var
 
 
 def conv_bn(parent, x, features, kernel, stride=1, dilation=1, *, conv_name, bn_name, train, bn_frozen,
