@@ -24,18 +24,19 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from incseg_jax import hooks as hooks_lib
 from incseg_jax import models
 from incseg_jax import sharding
-from incseg_jax.data import pipeline
+
+if TYPE_CHECKING:  # the data pipeline imports TensorFlow, which the train-step benchmark does without
+  from incseg_jax.data import pipeline
 
 __all__ = ["FixedImages", "channel_classes", "colourise", "confusion_matrix", "evaluate_step", "fixed_images",
            "image_summaries", "make_eval_step", "make_predict", "predict_fixed", "prediction_colours",
@@ -237,6 +238,7 @@ def evaluate_step(exp, spec, variables: Any, mesh, hooks: hooks_lib.Hooks = hook
   Returns:
     `segmentation_metrics` of the whole split.
   """
+  from incseg_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   step = spec.task
   cfg = exp.config
   eval_fn = make_eval_step(spec.model, step.num_channels, exp.plan.ignore_label)
@@ -290,6 +292,7 @@ def fixed_images(split: pipeline.EncodedSplit, n: int, input_cfg) -> FixedImages
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
     raise ValueError(f"fixed_images: n={n!r}, expected a positive number of images")
   count = min(int(n), len(split))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (not with this module: see `evaluate_step`)
   # tf's decoders, as the evaluation pipeline's: another JPEG decoder may differ in the last bits.
   rgb = [tf.io.decode_image(split.images[i], channels=3, expand_animations=False).numpy() for i in range(count)]
   labels = [tf.io.decode_png(split.labels[i], channels=1).numpy()[..., 0] for i in range(count)]

@@ -134,12 +134,12 @@ class Experiment:
     return StepSpec(index=k, task=step, info=info, model=model,
                     teacher_model=self.model(k - 1) if k > 0 else None, train_model=train_model,
                     indices=self.step_indices[k],
-                    num_train_steps=self._num_train_steps(k),
+                    num_train_steps=self.num_train_steps(k),
                     learning_rate=cfg.schedule.base_lr if base_rate else cfg.schedule.inc_lr, frozen=frozen,
                     terms=tuple(methods.active_terms(cfg, k)), states=tuple(methods.state_terms(cfg)),
                     lr_scales=tuple((p, float(f)) for p, f in scales.items()))
 
-  def _num_train_steps(self, k: int) -> int:
+  def num_train_steps(self, k: int) -> int:
     """Length of a task step's schedule in train steps (see config.schedule)."""
     s = self.config.schedule
     length = s.base_length if k == 0 else s.inc_length

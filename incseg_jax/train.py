@@ -23,8 +23,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from clu import metric_writers
-from clu import periodic_actions
 
 from incseg_jax import checkpointing
 from incseg_jax import distributed
@@ -91,6 +89,9 @@ def _run(config, workdir: str, allow_config_change: bool, hooks: hooks_lib.Hooks
   workdir_lib.check_workdir(config, workdir, allow_config_change, verify=verify)
   distributed.record_topology(workdir)
   mesh = sharding.make_mesh()
+  # clu's writers import TensorFlow: imported here, not with this module, which the train-step benchmark
+  # imports on machines that have JAX but no TensorFlow (docs/benchmarks.md, "On a GPU").
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   # Decoded once: the same images at every step's evaluation, so TensorBoard shows how their predictions change.
   shown = evaluation.fixed_images(exp.eval_split, num_images, config.input) if num_images else None
@@ -362,6 +363,7 @@ def _train_loop(exp: experiment_lib.Experiment, spec: experiment_lib.StepSpec, s
   cfg = exp.config
   k, num_steps = spec.index, spec.num_train_steps
   batches = exp.train_batches(spec, start, num_steps)
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  (imports TensorFlow: see _run)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_secs=cfg.progress_every_secs)
   guard = NonFiniteGuard(cfg.nonfinite, k, ckpt)

@@ -20,7 +20,7 @@ FIELDS = ("train-step benchmark", "setting: shapes 15-1 method=lwf, task step 1 
           "teacher: auto: forward computed (read by lwf)", "build (spec, variables, optimizer state):", "compile:",
           "persistent cache:", "first step:", "time to first step (build + compile + first step):",
           "step time: median", "process CPU time median", "images/s:", "FLOPs per step:", "achieved:", "MFU:",
-          "peak device memory:", "input pipeline:", "torch:")
+          "peak device memory:", "input pipeline:", "protocol:", "torch:")
 
 
 def test_runs_on_a_tiny_config_and_prints_every_field(smoke_config, tmp_path, capsys):
@@ -38,6 +38,63 @@ def test_runs_on_a_tiny_config_and_prints_every_field(smoke_config, tmp_path, ca
   assert results["pipeline_images_per_s"] > 0 and "keep" in results["pipeline"]
   assert "torch: not compared (pass --compare=torch)" in printed
   assert json.loads(out_json.read_text())["setting"]["terms"][1][0] == "lwf"
+  # runlocal's schedule is in steps: base_length for task step 0, inc_length for each later one.
+  cfg, p = smoke_config("method=lwf"), results["protocol"]
+  want = [cfg.schedule.base_length] + [cfg.schedule.inc_length] * 5
+  assert p["steps"] == want and p["total"] == sum(want) and p["images"] is None
+  assert p["hours"] == pytest.approx(sum(want) * m["step_s_median"] / 3600)
+  assert f"protocol: {sum(want):,} train steps over 6 task steps" in printed
+
+
+def test_protocol_in_epochs_counts_each_task_steps_images_from_the_records(smoke_config, tmp_path):
+  from incseg_jax import experiment  # pylint: disable=g-import-not-at-top
+  cfg = smoke_config("method=lwf")
+  with cfg.unlocked():
+    cfg.schedule.unit, cfg.schedule.base_length, cfg.schedule.inc_length = "epochs", 3, 2
+  p = bench.protocol(cfg, 2.0)
+  images = [len(i) for i in experiment.build(cfg).step_indices]  # what training reads
+  assert p["images"] == images and min(images) > 0
+  b = cfg.input.batch_size
+  want = [3 * math.ceil(images[0] / b)] + [2 * math.ceil(n / b) for n in images[1:]]
+  assert p["steps"] == want and p["hours"] == pytest.approx(sum(want) * 2.0 / 3600)
+  assert "image counts from shapes's records" in bench.protocol_line(p)
+  # Without records the count is unknown: said, not guessed.
+  with cfg.unlocked():
+    cfg.dataset.data_dir = str(tmp_path)
+  p = bench.protocol(cfg, 2.0)
+  assert p == {"note": "not counted: config.schedule.unit=epochs needs each task step's image count, from the "
+                       f"records (shapes records not built in {tmp_path})"}
+
+
+_WITHOUT_TENSORFLOW = """
+import atexit, importlib.abc, os, runpy, sys
+atexit.register(lambda: print("at exit: XLA_PYTHON_CLIENT_PREALLOCATE", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")))
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split(".")[0] == "tensorflow":
+      raise ImportError(f"No module named {name!r} (blocked by the test)")
+sys.meta_path.insert(0, Block())
+sys.argv = ["train_step"] + sys.argv[1:]
+runpy.run_module("incseg_jax.benchmarks.train_step", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_runs_where_tensorflow_is_not_installed(shapes_data_dir):
+  # Accelerator images often hold JAX and PyTorch but not TensorFlow (launch/gpu_benchmark.sh): the step
+  # needs none; only the input pipeline, which then says why it was not timed.
+  env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_PYTHON_CLIENT_")}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  out = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW, "--config=configs/shapes.py:method=lwf,runlocal",
+                        f"--config.dataset.data_dir={shapes_data_dir}", "--steps=1", "--warmup=0",
+                        "--pipeline_batches=2", "--compare=torch", "--torch_python=/nonexistent/bin/python"],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "step time: median" in out.stdout and "protocol: " in out.stdout
+  assert "torch: skipped: --torch_python=/nonexistent/bin/python cannot be run" in out.stdout
+  # The twin would share the device: JAX must not take 75% of it at start.
+  assert "at exit: XLA_PYTHON_CLIENT_PREALLOCATE false" in out.stdout
+  assert ("input pipeline: not measured (TensorFlow is not importable: No module named 'tensorflow' (blocked by the "
+          "test); the step needs none)") in out.stdout
 
 
 def test_teacher_modes(smoke_config):

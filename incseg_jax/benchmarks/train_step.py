@@ -23,7 +23,10 @@ no dataset is read: the plan comes from the dataset's metadata alone
 * peak device memory from the compiled program's `memory_analysis()`;
 * whether the input pipeline keeps up: the real tf.data pipeline of the
   config's dataset timed at the config's crop and batch size when its records
-  are built, else "not measured";
+  are built, else "not measured" (TensorFlow is imported for this alone, and
+  for the next line's image counts: the step needs none);
+* the config's whole schedule in train steps and its duration at the median
+  step time (`protocol`);
 * with `--compare=torch`, the same step in plain PyTorch
   (`incseg_jax.benchmarks.torch_twin`, run by `--torch_python`) and the ratio.
 * with `--profile=DIR`, a profiler trace of a few steps and the time of the
@@ -510,10 +513,31 @@ def _records_ready(dataset_cfg) -> tuple[bool, str]:
   return True, ""
 
 
+_TF_STATE: list[str] = []  # [] until `_tensorflow_missing` first runs, then [why TensorFlow is missing, or ""]
+
+
+def _tensorflow_missing() -> str:
+  """'' once TensorFlow is imported and hidden from accelerators, else why it cannot be (once per process).
+
+  The benchmark imports TensorFlow only to read records (`pipeline_rate`, `protocol`), and must hide it
+  from GPUs/TPUs before its first operation, which the dataset builders may run.
+  """
+  if not _TF_STATE:
+    try:
+      runtime.hide_accelerators_from_tensorflow()
+      _TF_STATE.append("")
+    except ImportError as e:
+      _TF_STATE.append(f"TensorFlow is not importable: {e}; the step needs none")
+  return _TF_STATE[0]
+
+
 def pipeline_rate(cfg, threads: int, batches: int) -> tuple[float | None, str]:
   """Images/s of the config's real training input pipeline, or (None, why not)."""
   if not batches:
     return None, "not measured (--pipeline_batches=0)"
+  missing = _tensorflow_missing()
+  if missing:
+    return None, f"not measured ({missing})"
   ready, why = _records_ready(cfg.dataset)
   if not ready:
     return None, f"not measured ({why})"
@@ -535,6 +559,40 @@ def pipeline_rate(cfg, threads: int, batches: int) -> tuple[float | None, str]:
   for batch in it:
     n += batch["image"].shape[0]
   return n / (time.perf_counter() - t), f"{meta.name} {cfg.dataset.train_split}, {batches} batches"
+
+
+def protocol(cfg, step_s: float) -> dict:
+  """The config's whole schedule in train steps, and its hours at `step_s` per step; or {'note': why not}.
+
+  A schedule in steps (or steps per class) is counted from the config alone. One in epochs needs each
+  task step's image count, i.e. the dataset's records (built once by any run on the data), and reads them
+  as training does (`experiment.build`).
+  """
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from incseg_jax import experiment as experiment_lib
+  from incseg_jax import methods
+  from incseg_jax.data import registry
+  # pylint: enable=g-import-not-at-top
+  if cfg.schedule.unit == "epochs":
+    ready, why = _records_ready(cfg.dataset)
+    missing = "" if not ready else _tensorflow_missing()
+    if not ready or missing:
+      return {"note": f"not counted: config.schedule.unit=epochs needs each task step's image count, from the "
+                      f"records ({missing or why})"}
+    with contextlib.redirect_stdout(io.StringIO()):  # its notes are about training
+      exp = experiment_lib.build(cfg)
+    source = f"{cfg.schedule.unit}, image counts from {exp.meta.name}'s records"
+    images = [len(i) for i in exp.step_indices]
+  else:
+    cfg, _ = _dataless_config(cfg)
+    meta = registry.meta(cfg.dataset.name)
+    plan = experiment_lib.plan_only(cfg, meta)
+    exp = experiment_lib.Experiment(config=cfg, meta=meta, train_split=None, eval_split=None, plan=plan,
+                                    method=methods.get(cfg.method), step_indices=[np.arange(0)] * len(plan.steps))
+    source, images = f"{cfg.schedule.unit}, from the config", None
+  steps = [exp.num_train_steps(k) for k in range(exp.num_steps)]
+  return dict(steps=steps, images=images, total=sum(steps), hours=sum(steps) * step_s / 3600, source=source)
 
 
 def pipeline_verdict(rate: float | None, note: str, step_images_per_s: float) -> str:
@@ -810,6 +868,7 @@ def report(results: dict) -> list[str]:
     lines.append(f"note: {r['nonfinite_steps']} steps were not finite on the synthetic batches (their update was "
                  "skipped; the step still ran in full)")
   lines.append(f"input pipeline: {results['pipeline']}")
+  lines.append(f"protocol: {protocol_line(results.get('protocol'))}")
   t = results.get("torch")
   if t is None:
     lines.append("torch: not compared (pass --compare=torch)")
@@ -836,6 +895,25 @@ def report(results: dict) -> list[str]:
   return lines
 
 
+def _duration(seconds: float) -> str:
+  if seconds >= 3600:
+    return f"{seconds / 3600:.1f} h"
+  return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def protocol_line(p: dict | None) -> str:
+  """`protocol`'s result as one line."""
+  if not p:
+    return "not counted"
+  if "note" in p:
+    return p["note"]
+  per = ", ".join(f"{n:,}" + (f" ({i:,} images)" if p["images"] else "") for n, i in
+                  zip(p["steps"], p["images"] or p["steps"]))
+  return (f"{p['total']:,} train steps over {len(p['steps'])} task steps ({per}; {p['source']}): "
+          f"{_duration(p['hours'] * 3600)} at this step time (train steps alone: no evaluation, checkpoints or "
+          "compiles; task step 0, without a teacher, costs less per step)")
+
+
 def run(cfg, opts: Options) -> dict:
   """Builds, compiles and times the step of `cfg`; returns the JSON-able results and prints the report."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -848,6 +926,7 @@ def run(cfg, opts: Options) -> dict:
   rate, note = pipeline_rate(bench.config, opts.threads, opts.pipeline_batches)
   results["pipeline"] = pipeline_verdict(rate, note, measured["images_per_s"])
   results["pipeline_images_per_s"] = rate
+  results["protocol"] = protocol(cfg, measured["step_s_median"])
   if opts.profile:
     results["profile"] = profile(bench, compiled, opts.profile)
   if opts.compare == "torch":
@@ -859,6 +938,9 @@ def run(cfg, opts: Options) -> dict:
     with open(opts.json, "w") as f:
       json.dump(results, f, indent=1)
   return results
+
+
+_JAX_MEMORY_ENV = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
 
 
 def thread_flags(threads: int) -> str:
@@ -884,7 +966,13 @@ def main(argv):
     extra = thread_flags(opts.threads)
     if extra:  # read when the backend starts, i.e. at the first device query below
       os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
-    runtime.setup_command(argv)
+    if opts.compare == "torch" and not any(os.environ.get(v) for v in _JAX_MEMORY_ENV):
+      # The torch twin runs next in another process on the same accelerator, while this one holds what it
+      # allocated: JAX's default (75% of the device taken at start) would leave the twin a quarter.
+      os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    # TensorFlow only when records are read (`_tensorflow_missing`): the step itself needs none, and
+    # accelerator images often have JAX and PyTorch without it (docs/benchmarks.md, "On a GPU").
+    runtime.setup_command(argv, tensorflow=False)
     run(f["config"], opts)
 
 
