@@ -3,8 +3,10 @@
 # machine that has JAX (CUDA build) and PyTorch but neither network nor this project's other
 # dependencies: DeepLab-v3 ResNet-101, output stride 16, 512 x 512, batch 24, bfloat16, VOC 15-1 task
 # step 1, each against the same step in PyTorch (channels-last, autocast), in the same interpreter:
-#   mib   student + teacher (the teacher's forward and MiB's distillation)
-#   ft    the student alone (fine-tuning: no term reads the teacher, XLA drops its forward)
+#   mib      student + teacher (the teacher's forward and MiB's distillation)
+#   ft       the student alone (fine-tuning: no term reads the teacher, XLA drops its forward)
+#   profile  mib again without torch, with --profile: its compiled ops' time by phase and kind, and the
+#            slowest ops (the program comes from the compilation cache mib filled)
 #
 #   bash launch/gpu_wheels.sh                      # first, where PyPI is reachable: fills .whl/
 #   bash launch/gpu_benchmark.sh OUT_DIR [SETTING...]   # there, with .whl/ beside this script's repo
@@ -14,10 +16,10 @@
 # SIZE=small runs the same script at a size any CPU finishes in seconds (ResNet-small, 64 x 64, batch 2),
 # to rehearse it before spending accelerator time.
 set -uo pipefail
-out="${1:?usage: $0 OUT_DIR [SETTING...] (settings: mib ft; default both)}"
+out="${1:?usage: $0 OUT_DIR [SETTING...] (settings: mib ft profile; default all three, in that order)}"
 shift
 settings=("$@")
-[ ${#settings[@]} -gt 0 ] || settings=(mib ft)
+[ ${#settings[@]} -gt 0 ] || settings=(mib ft profile)
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
@@ -54,11 +56,16 @@ else
 fi
 status=0
 for s in "${settings[@]}"; do
-  case "$s" in mib|ft) ;; *) echo "error: unknown setting $s (expected mib or ft)" >&2; exit 2;; esac
+  case "$s" in
+    mib|ft) method=$s; extra=(--compare=torch) ;;
+    # The trace itself stays out of OUT_DIR: it is large and its folders are deep.
+    profile) method=mib; extra=(--steps=3 --warmup=1 --profile="$(mktemp -d)") ;;
+    *) echo "error: unknown setting $s (expected mib, ft or profile)" >&2; exit 2 ;;
+  esac
   echo "=== $s: $(date -u +%H:%M:%S)"
   timeout "${SETTING_TIMEOUT:-240}" "$py" -m incseg_jax.benchmarks.train_step \
-    --config="configs/voc.py:task=15-1,method=$s" --config.model.dtype=bfloat16 "${size[@]}" \
-    --pipeline_batches=0 --compare=torch --json="$out/$s.json" 2>&1 | tee "$out/$s.log"
+    --config="configs/voc.py:task=15-1,method=$method" --config.model.dtype=bfloat16 "${size[@]}" \
+    --pipeline_batches=0 "${extra[@]}" --json="$out/$s.json" 2>&1 | tee "$out/$s.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "=== $s exited $rc" | tee -a "$out/$s.log"; status=1; }
 done
