@@ -1,5 +1,6 @@
 """The train-step benchmark (incseg_jax/benchmarks/train_step.py) and its torch twin's torch-free parts."""
 
+import gzip
 import json
 import math
 import os
@@ -194,6 +195,45 @@ def test_profile_attributes_convolutions_to_forward_and_backward():
   text = jax.jit(jax.value_and_grad(loss)).lower(*args).compile().as_text()
   kinds = {(phase, kind) for phase, kind, _ in bench.hlo_ops(text).values()}
   assert ("backward", "convolution") in kinds and ("student forward + loss", "convolution") in kinds
+
+
+def test_gpu_library_calls_count_as_convolutions_and_products():
+  # Optimised GPU HLO (abridged): cuDNN convolutions and cuBLAS products are custom calls.
+  text = """ENTRY %main (p0: f32[2,8,8,4], p1: f32[3,3,4,8], p2: f32[64,32]) -> f32[2,8,8,8] {
+  %p0 = f32[2,8,8,4]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,4,8]{3,2,1,0} parameter(1)
+  %p2 = f32[64,32]{1,0} parameter(2)
+  %custom-call.1 = (f32[2,8,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%p0, %p1), custom_call_target="__cudnn$convForward", metadata={op_name="jit(f)/jvp(conv_general_dilated)"}
+  %custom-call.2 = (f32[64,64]{1,0}, s8[4]{0}) custom-call(%p2, %p2), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(f)/transpose(jvp(dot_general))"}
+  %custom-call.3 = f32[64]{0} custom-call(%p2), custom_call_target="SomethingElse", metadata={op_name="jit(f)/jvp(x)"}
+  ROOT %gte = f32[2,8,8,8]{3,2,1,0} get-tuple-element(%custom-call.1), index=0
+}
+"""
+  ops = bench.hlo_ops(text)
+  assert ops["custom-call.1"][:2] == ("student forward + loss", "convolution")
+  assert ops["custom-call.2"][:2] == ("backward", "convolution")  # products are counted with convolutions
+  assert ops["custom-call.3"][1] == "elementwise, reduce, copy"
+
+
+def test_device_traces_are_read_from_their_xla_ops_line(tmp_path):
+  # A GPU trace names an op three times: launched by the host, once on the device's "XLA Ops" line, and
+  # per kernel on a stream line (a fusion's kernel bears its name). Only the XLA Ops line is device time.
+  meta = [dict(ph="M", name="process_name", pid=701, args=dict(name="/host:CPU")),
+          dict(ph="M", name="process_name", pid=1, args=dict(name="/device:GPU:0")),
+          dict(ph="M", name="thread_name", pid=1, tid=2, args=dict(name="XLA Ops")),
+          dict(ph="M", name="thread_name", pid=1, tid=7, args=dict(name="Stream #7(compute)"))]
+  x = lambda pid, tid, name, us: dict(ph="X", pid=pid, tid=tid, name=name, ts=0, dur=us)
+  events = meta + [x(701, 5, "fusion.3", 40), x(1, 2, "fusion.3", 1000), x(1, 7, "fusion.3", 990),
+                   x(1, 2, "custom-call.1", 3000), x(1, 7, "sm90_xmma_fprop_kernel", 2990)]
+  path = tmp_path / "plugins" / "profile" / "run" / "host.perfetto_trace.json.gz"
+  path.parent.mkdir(parents=True)
+  with gzip.open(path, "wt") as f:
+    json.dump(dict(traceEvents=events), f)
+  assert bench.trace_op_times(str(tmp_path)) == pytest.approx({"fusion.3": 1e-3, "custom-call.1": 3e-3})
+  # A CPU trace has host lines only: all of them are read.
+  with gzip.open(path, "wt") as f:
+    json.dump(dict(traceEvents=meta[:1] + [x(701, 5, "fusion.3", 40), x(701, 6, "fusion.3", 60)]), f)
+  assert bench.trace_op_times(str(tmp_path)) == pytest.approx({"fusion.3": 1e-4})
 
 
 def test_torch_twin_refuses_what_it_cannot_reproduce():

@@ -699,8 +699,8 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str, str]]:
   convolutions among them): those take the latest phase of their operands, so
   a convolution of a forward activation with an output gradient is backward.
   Kind: "convolution" when the op is (or its fused computation holds) a
-  convolution, a dot or a convolution custom call, else "elementwise, reduce,
-  copy". Control-flow ops (whose bodies are listed themselves) get "control".
+  convolution, a dot, or a library call for either (cuDNN, cuBLAS on a GPU),
+  else "elementwise, reduce, copy". Control-flow ops (whose bodies are listed themselves) get "control".
   Summary: the opcode, result shape and, for a convolution (or the one in a
   fusion), its window, e.g. "convolution f32[2,8,8,512] window={size=3x3
   pad=2_2x2_2 rhs_dilate=2x2}".
@@ -718,8 +718,11 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str, str]]:
     name, rest = m.groups()
     op = _OPCODE.search(rest)
     opcode = op.group(1) if op else ""
-    if opcode == "custom-call" and re.search(r'custom_call_target="[^"]*conv', rest):
+    target = re.search(r'custom_call_target="([^"]*)"', rest) if opcode == "custom-call" else None
+    if target and "conv" in target.group(1).lower():  # cuDNN's convolutions on a GPU
       opcode = "convolution"
+    elif target and re.search(r"gemm|matmul", target.group(1).lower()):  # cuBLAS(Lt)'s matrix products
+      opcode = "dot"
     op_name = re.search(r'op_name="([^"]*)"', rest)
     calls = []
     for a, b in _CALLS.findall(rest):
@@ -772,9 +775,16 @@ def trace_op_times(trace_dir: str) -> dict[str, float]:
   with gzip.open(paths[-1], "rt") as f:
     data = json.load(f)
   events = data["traceEvents"] if isinstance(data, dict) else data
+  # On a GPU or TPU the trace has device processes ("/device:GPU:0"): their "XLA Ops" line times each HLO op
+  # once, while their stream lines repeat it per kernel (a fusion's kernel bears the fusion's name) and the
+  # host's lines time launches. On the CPU the ops run on host threads, and every line is read.
+  devices = {e.get("pid") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+             and str((e.get("args") or {}).get("name", "")).startswith("/device:")}
+  op_lines = {(e.get("pid"), e.get("tid")) for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+              and e.get("pid") in devices and (e.get("args") or {}).get("name") == "XLA Ops"}
   out: dict[str, float] = collections.defaultdict(float)
   for e in events:
-    if e.get("ph") == "X" and "dur" in e:
+    if e.get("ph") == "X" and "dur" in e and (not op_lines or (e.get("pid"), e.get("tid")) in op_lines):
       out[e["name"]] += float(e["dur"]) * 1e-6
   return out
 
