@@ -20,6 +20,9 @@ out="${1:?usage: $0 OUT_DIR [SETTING...] (settings: mib ft profile; default all 
 shift
 settings=("$@")
 [ ${#settings[@]} -gt 0 ] || settings=(mib ft profile)
+for s in "${settings[@]}"; do  # before any work: a typo should not cost a machine's start
+  case "$s" in mib|ft|profile) ;; *) echo "error: unknown setting $s (expected mib, ft or profile)" >&2; exit 2 ;; esac
+done
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$(dirname "$0")/.."
@@ -60,7 +63,6 @@ for s in "${settings[@]}"; do
     mib|ft) method=$s; extra=(--compare=torch) ;;
     # The trace itself stays out of OUT_DIR: it is large and its folders are deep.
     profile) method=mib; extra=(--steps=3 --warmup=1 --profile="$(mktemp -d)") ;;
-    *) echo "error: unknown setting $s (expected mib, ft or profile)" >&2; exit 2 ;;
   esac
   echo "=== $s: $(date -u +%H:%M:%S)"
   timeout "${SETTING_TIMEOUT:-240}" "$py" -m incseg_jax.benchmarks.train_step \

@@ -6,7 +6,7 @@
 # "On a GPU"). flax, optax and orbax-checkpoint come at the versions the tests pass with, whatever the
 # image holds; jax and jaxlib are the image's own (its CUDA build).
 #
-#   bash launch/gpu_wheels.sh [DIR]        # DIR defaults to .whl (git-ignored); about 10 MiB
+#   bash launch/gpu_wheels.sh [DIR]        # DIR defaults to .whl (git-ignored); 17 wheels, 12 MiB
 #
 # Other Python versions: PYVER=3.11 bash launch/gpu_wheels.sh.
 set -euo pipefail

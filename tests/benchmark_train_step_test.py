@@ -69,7 +69,8 @@ def test_protocol_in_epochs_counts_each_task_steps_images_from_the_records(smoke
 
 _WITHOUT_TENSORFLOW = """
 import atexit, importlib.abc, os, runpy, sys
-atexit.register(lambda: print("at exit: XLA_PYTHON_CLIENT_PREALLOCATE", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")))
+atexit.register(lambda: print("at exit: XLA_PYTHON_CLIENT_PREALLOCATE",
+                              os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")))
 class Block(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path, target=None):
     if name.split(".")[0] == "tensorflow":

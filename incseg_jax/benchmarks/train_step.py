@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import glob
 import gzip
 import importlib
@@ -239,6 +240,25 @@ def _dataless_config(cfg) -> tuple[Any, list[str]]:
   return c, notes
 
 
+def _dataless_experiment(cfg):
+  """The `experiment.Experiment` of a `_dataless_config`, from the dataset's metadata alone (no data read).
+
+  Its training indices are placeholders, one batch per task step: only their count enters a `StepSpec`,
+  through a schedule in epochs, which is therefore not the data's here.
+  """
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from incseg_jax import experiment as experiment_lib
+  from incseg_jax import methods
+  from incseg_jax.data import registry
+  # pylint: enable=g-import-not-at-top
+  meta = registry.meta(cfg.dataset.name)
+  plan = experiment_lib.plan_only(cfg, meta)
+  return experiment_lib.Experiment(config=cfg, meta=meta, train_split=None, eval_split=None, plan=plan,
+                                   method=methods.get(cfg.method),
+                                   step_indices=[np.arange(cfg.input.batch_size) for _ in plan.steps])
+
+
 def synthetic_batches(spec, cfg, count: int, seed: int = 0) -> list[dict]:
   """`count` host batches: normal images and labels of {background, the step's new channels}, 5% void."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -265,7 +285,6 @@ def build(cfg, teacher_mode: str, mesh) -> Bench:
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  from incseg_jax import experiment as experiment_lib
   from incseg_jax import losses as losses_lib
   from incseg_jax import methods
   from incseg_jax import models
@@ -273,7 +292,6 @@ def build(cfg, teacher_mode: str, mesh) -> Bench:
   from incseg_jax import train as train_lib
   from incseg_jax import train_step as ts
   from incseg_jax import validate
-  from incseg_jax.data import registry
   # pylint: enable=g-import-not-at-top
   t0 = time.perf_counter()
   cfg, notes = _dataless_config(cfg)
@@ -283,15 +301,10 @@ def build(cfg, teacher_mode: str, mesh) -> Bench:
   if method.replay:
     raise ValueError(f"config.method={cfg.method!r} trains on replay images, which synthetic batches do not carry; "
                      "benchmark the method without replay (e.g. its distillation alone)")
-  meta = registry.meta(cfg.dataset.name)
-  plan = experiment_lib.plan_only(cfg, meta)
-  if len(plan.steps) < 2:
+  exp = _dataless_experiment(cfg)
+  if exp.num_steps < 2:
     raise ValueError(f"config.task={cfg.task!r} has one task step; the benchmark times task step 1 (an incremental "
                      "step with a teacher): expected a scenario with two or more steps, e.g. task=15-1")
-  n = cfg.input.batch_size
-  # Any training indices do: only their count enters a StepSpec (the schedule's length).
-  exp = experiment_lib.Experiment(config=cfg, meta=meta, train_split=None, eval_split=None, plan=plan,
-                                  method=method, step_indices=[np.arange(n) for _ in plan.steps])
   spec = exp.step(1)
   terms = tuple(spec.terms)
   readers = [name for name, _, _ in terms if losses_lib.needs_teacher(name)]
@@ -513,33 +526,35 @@ def _records_ready(dataset_cfg) -> tuple[bool, str]:
   return True, ""
 
 
-_TF_STATE: list[str] = []  # [] until `_tensorflow_missing` first runs, then [why TensorFlow is missing, or ""]
-
-
+@functools.cache
 def _tensorflow_missing() -> str:
-  """'' once TensorFlow is imported and hidden from accelerators, else why it cannot be (once per process).
+  """'' once TensorFlow is imported and hidden from accelerators, else why it cannot be (once per process)."""
+  try:
+    runtime.hide_accelerators_from_tensorflow()
+  except ImportError as e:
+    return f"TensorFlow is not importable: {e}; the step needs none"
+  return ""
 
-  The benchmark imports TensorFlow only to read records (`pipeline_rate`, `protocol`), and must hide it
-  from GPUs/TPUs before its first operation, which the dataset builders may run.
+
+def _records_unreadable(dataset_cfg) -> str:
+  """'' when the dataset's records can be read here, else why not.
+
+  The benchmark imports TensorFlow only to read records (`pipeline_rate`, `protocol`), and hides it from
+  GPUs/TPUs first: that must precede its first operation, which the dataset builders may run.
   """
-  if not _TF_STATE:
-    try:
-      runtime.hide_accelerators_from_tensorflow()
-      _TF_STATE.append("")
-    except ImportError as e:
-      _TF_STATE.append(f"TensorFlow is not importable: {e}; the step needs none")
-  return _TF_STATE[0]
+  missing = _tensorflow_missing()
+  if missing:
+    return missing
+  ready, why = _records_ready(dataset_cfg)
+  return "" if ready else why
 
 
 def pipeline_rate(cfg, threads: int, batches: int) -> tuple[float | None, str]:
   """Images/s of the config's real training input pipeline, or (None, why not)."""
   if not batches:
     return None, "not measured (--pipeline_batches=0)"
-  missing = _tensorflow_missing()
-  if missing:
-    return None, f"not measured ({missing})"
-  ready, why = _records_ready(cfg.dataset)
-  if not ready:
+  why = _records_unreadable(cfg.dataset)
+  if why:
     return None, f"not measured ({why})"
   # pylint: disable=g-import-not-at-top
   import numpy as np
@@ -568,28 +583,18 @@ def protocol(cfg, step_s: float) -> dict:
   task step's image count, i.e. the dataset's records (built once by any run on the data), and reads them
   as training does (`experiment.build`).
   """
-  # pylint: disable=g-import-not-at-top
-  import numpy as np
-  from incseg_jax import experiment as experiment_lib
-  from incseg_jax import methods
-  from incseg_jax.data import registry
-  # pylint: enable=g-import-not-at-top
+  from incseg_jax import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
   if cfg.schedule.unit == "epochs":
-    ready, why = _records_ready(cfg.dataset)
-    missing = "" if not ready else _tensorflow_missing()
-    if not ready or missing:
+    why = _records_unreadable(cfg.dataset)
+    if why:
       return {"note": f"not counted: config.schedule.unit=epochs needs each task step's image count, from the "
-                      f"records ({missing or why})"}
+                      f"records ({why})"}
     with contextlib.redirect_stdout(io.StringIO()):  # its notes are about training
       exp = experiment_lib.build(cfg)
     source = f"{cfg.schedule.unit}, image counts from {exp.meta.name}'s records"
     images = [len(i) for i in exp.step_indices]
-  else:
-    cfg, _ = _dataless_config(cfg)
-    meta = registry.meta(cfg.dataset.name)
-    plan = experiment_lib.plan_only(cfg, meta)
-    exp = experiment_lib.Experiment(config=cfg, meta=meta, train_split=None, eval_split=None, plan=plan,
-                                    method=methods.get(cfg.method), step_indices=[np.arange(0)] * len(plan.steps))
+  else:  # the placeholder indices do not enter a schedule in steps
+    exp = _dataless_experiment(_dataless_config(cfg)[0])
     source, images = f"{cfg.schedule.unit}, from the config", None
   steps = [exp.num_train_steps(k) for k in range(exp.num_steps)]
   return dict(steps=steps, images=images, total=sum(steps), hours=sum(steps) * step_s / 3600, source=source)
@@ -700,7 +705,8 @@ def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str, str]]:
   a convolution of a forward activation with an output gradient is backward.
   Kind: "convolution" when the op is (or its fused computation holds) a
   convolution, a dot, or a library call for either (cuDNN, cuBLAS on a GPU),
-  else "elementwise, reduce, copy". Control-flow ops (whose bodies are listed themselves) get "control".
+  else "elementwise, reduce, copy". Control-flow ops (whose bodies are listed
+  themselves) get "control".
   Summary: the opcode, result shape and, for a convolution (or the one in a
   fusion), its window, e.g. "convolution f32[2,8,8,512] window={size=3x3
   pad=2_2x2_2 rhs_dilate=2x2}".
@@ -917,8 +923,8 @@ def protocol_line(p: dict | None) -> str:
     return "not counted"
   if "note" in p:
     return p["note"]
-  per = ", ".join(f"{n:,}" + (f" ({i:,} images)" if p["images"] else "") for n, i in
-                  zip(p["steps"], p["images"] or p["steps"]))
+  per = ", ".join(f"{n:,}" + (f" ({p['images'][k]:,} images)" if p["images"] else "")
+                  for k, n in enumerate(p["steps"]))
   return (f"{p['total']:,} train steps over {len(p['steps'])} task steps ({per}; {p['source']}): "
           f"{_duration(p['hours'] * 3600)} at this step time (train steps alone: no evaluation, checkpoints or "
           "compiles; task step 0, without a teacher, costs less per step)")
